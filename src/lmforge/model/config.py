@@ -1,0 +1,113 @@
+"""One flat dataclass that describes every architecture lmforge builds.
+
+Design choices:
+- Fields are explicit component choices (norm, mlp, position, kv heads); behaviour never
+  follows from a model's name.
+- Derived fields (`head_dim`, `d_ff`) are filled once in `__post_init__`.
+- `from_dict` rejects unknown keys by name, so a misspelled key in a config file is an error,
+  not a silent default.
+- Runtime settings (batch size, cache length, device, dtype) are not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+FAMILIES = ("decoder", "prefix", "encoder", "encoder_decoder")
+NORMS = ("rmsnorm", "layernorm")
+MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu", "silu")
+POSITIONS = ("rope", "learned", "sinusoidal", "none")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one Transformer; round-trips through JSON (`to_dict` / `from_dict`)."""
+
+    vocab_size: int
+    d_model: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int | None = None  # None: multi-head attention (n_kv_head = n_head)
+    head_dim: int | None = None  # None: d_model // n_head
+    d_ff: int | None = None  # None: 4 * d_model
+    family: str = "decoder"
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str = "swiglu"
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    tie_embeddings: bool = True
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            self.head_dim = self.d_model // self.n_head
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise LmforgeError naming the first inconsistent field."""
+        for name, value, allowed in (
+            ("family", self.family, FAMILIES),
+            ("norm", self.norm, NORMS),
+            ("mlp", self.mlp, MLPS),
+            ("position", self.position, POSITIONS),
+        ):
+            if value not in allowed:
+                raise LmforgeError(f"config field {name}={value!r} is not one of {allowed}")
+        for name in ("vocab_size", "d_model", "n_layer", "n_head", "n_kv_head", "head_dim",
+                     "d_ff", "max_seq_len"):
+            if int(getattr(self, name)) <= 0:
+                raise LmforgeError(f"config field {name} must be positive, got {getattr(self, name)}")
+        if self.n_head % self.n_kv_head:
+            raise LmforgeError(
+                f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head} "
+                "(grouped-query attention shares each key/value head among n_head/n_kv_head queries)"
+            )
+        if self.position == "rope" and self.head_dim % 2:
+            raise LmforgeError(f"RoPE needs an even head_dim, got {self.head_dim}")
+
+    @property
+    def gated(self) -> bool:
+        """Whether the feed-forward layer is a gated linear unit (two input projections)."""
+        return self.mlp in ("swiglu", "geglu")
+
+    def n_params(self) -> int:
+        """Number of parameters, counting tied embeddings once."""
+        d, hd, f = self.d_model, self.head_dim, self.d_ff
+        attn = d * hd * (self.n_head + 2 * self.n_kv_head) + self.n_head * hd * d
+        ffn = d * f * (3 if self.gated else 2)
+        per_layer = attn + ffn + 2 * d
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.n_layer * per_layer + d + head
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LmforgeError(
+                f"unknown model config key(s) {unknown}; known keys are {sorted(known)}"
+            )
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise LmforgeError(f"model config is incomplete: {exc}") from None
+
+    def save(self, path: str | Path, **extra) -> None:
+        """Write `config.json` (plus `extra` top-level keys such as the format tag)."""
+        from lmforge.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps({**extra, **self.to_dict()}, indent=2) + "\n")
