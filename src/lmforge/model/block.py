@@ -1,0 +1,29 @@
+"""One Transformer block (pre-norm, as in GPT-2 onwards and Llama):
+
+    h = x + Attention(Norm(x))
+    y = h + FFN(Norm(h))
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmforge.model.attention import KVStore, SelfAttention
+from lmforge.model.config import ModelConfig
+from lmforge.model.ffn import FeedForward
+from lmforge.model.norm import make_norm
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(config)
+        self.attn = SelfAttention(config, layer)
+        self.ffn_norm = make_norm(config)
+        self.ffn = FeedForward(config)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVStore | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, cache)
+        return x + self.ffn(self.ffn_norm(x))

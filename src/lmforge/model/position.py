@@ -1,0 +1,76 @@
+"""Position encodings, chosen by `ModelConfig.position`.
+
+- RoPE (Su et al., 2021, "RoFormer"): rotate each pair of query/key channels by an angle
+  m·θ_i, θ_i = base^(−2i/d). We use the rotate-half layout of GPT-NeoX / Hugging Face Llama:
+  channel i is paired with channel i + d/2, so x' = x·cos + rotate_half(x)·sin.
+- Learned absolute (GPT-2): a table of `max_seq_len` vectors added to the token embeddings.
+- Sinusoidal (Vaswani et al., 2017): PE(m, 2i) = sin(m / 10000^(2i/d)), PE(m, 2i+1) = cos(…).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lmforge.model.config import ModelConfig
+
+
+def rope_tables(head_dim: int, max_len: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of m·θ_i for m < max_len, each (max_len, head_dim), computed in fp32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+class RotaryEmbedding(nn.Module):
+    """Looks up cos/sin for given positions; `apply` rotates queries and keys."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for `positions` (B, T), shaped (B, 1, T, head_dim) to broadcast over heads."""
+        return (self.cos[positions].unsqueeze(1).to(dtype),
+                self.sin[positions].unsqueeze(1).to(dtype))
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x' = x·cos + rotate_half(x)·sin, with rotate_half([a, b]) = [−b, a]."""
+    a, b = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-b, a), dim=-1) * sin
+
+
+class LearnedPosition(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.table = nn.Embedding(config.max_seq_len, config.d_model)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.table(positions)
+
+
+class SinusoidalPosition(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d, n = config.d_model, config.max_seq_len
+        div = torch.exp(torch.arange(0, d, 2).float() * (-math.log(10000.0) / d))
+        angles = torch.arange(n).float()[:, None] * div
+        table = torch.zeros(n, d)
+        table[:, 0::2], table[:, 1::2] = angles.sin(), angles.cos()[:, : d // 2]
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.table[positions]
+
+
+def make_absolute_position(config: ModelConfig) -> nn.Module | None:
+    """The module adding absolute positions to embeddings, or None (RoPE, none)."""
+    return {"learned": LearnedPosition, "sinusoidal": SinusoidalPosition}.get(
+        config.position, lambda _: None)(config)
