@@ -37,8 +37,8 @@ class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.rope = config.position == "rope"
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.head_dim
         n_qkv = config.head_dim * (config.n_head + 2 * config.n_kv_head)
         self.qkv = nn.Linear(config.d_model, n_qkv, bias=config.bias)
         self.out = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)

@@ -67,11 +67,13 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layer", "n_head", "n_kv_head", "head_dim",
                      "d_ff", "max_seq_len"):
             if int(getattr(self, name)) <= 0:
-                raise LmforgeError(f"config field {name} must be positive, got {getattr(self, name)}")
+                raise LmforgeError(
+                    f"config field {name} must be positive, got {getattr(self, name)}")
         if self.n_head % self.n_kv_head:
             raise LmforgeError(
                 f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head} "
-                "(grouped-query attention shares each key/value head among n_head/n_kv_head queries)"
+                "(in grouped-query attention each key/value head serves n_head/n_kv_head "
+                "query heads)"
             )
         if self.position == "rope" and self.head_dim % 2:
             raise LmforgeError(f"RoPE needs an even head_dim, got {self.head_dim}")
@@ -82,13 +84,13 @@ class ModelConfig:
         return self.mlp in ("swiglu", "geglu")
 
     def n_params(self) -> int:
-        """Number of parameters, counting tied embeddings once."""
-        d, hd, f = self.d_model, self.head_dim, self.d_ff
-        attn = d * hd * (self.n_head + 2 * self.n_kv_head) + self.n_head * hd * d
-        ffn = d * f * (3 if self.gated else 2)
-        per_layer = attn + ffn + 2 * d
-        head = 0 if self.tie_embeddings else self.vocab_size * d
-        return self.vocab_size * d + self.n_layer * per_layer + d + head
+        """Number of parameters (tied embeddings counted once), from a weightless model."""
+        import torch
+
+        from lmforge.model.transformer import Transformer
+
+        with torch.device("meta"):
+            return sum(p.numel() for p in Transformer(self).parameters())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

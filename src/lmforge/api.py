@@ -1,0 +1,68 @@
+"""The Python API: load a model by name or path, then generate, chat or evaluate.
+
+    >>> import lmforge
+    >>> lm = lmforge.load("smollm2", dtype="bf16")
+    >>> lm.engine.generate([lm.tokenizer.encode("The capital of France is")],
+    ...                    lmforge.GenerationConfig(max_tokens=8, temperature=0))[0].text
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.generate.engine import Engine
+from lmforge.interop.load import load_weights
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
+from lmforge.tokenizers.base import Tokenizer
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise LmforgeError(f"unknown dtype {name!r}; choose one of fp32, bf16") from None
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: the network, its tokenizer and where it came from."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    name: str
+    source: str
+    metadata: dict
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @cached_property
+    def engine(self) -> Engine:
+        return Engine(self.model, self.tokenizer)
+
+
+def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor],
+                dtype: torch.dtype = torch.float32) -> Transformer:
+    """A Transformer in eval mode holding `state_dict` (strict: every tensor must match)."""
+    model = Transformer(config)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise LmforgeError(f"weights do not fit the config: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    return model.to(dtype).eval()
+
+
+def load(spec: str, dtype: str = "fp32") -> LoadedModel:
+    """Load a built-in model name, a .gguf file, a Hugging Face or an lmforge directory."""
+    config, state_dict, tokenizer, meta = load_weights(spec)
+    model = build_model(config, state_dict, parse_dtype(dtype))
+    return LoadedModel(model, tokenizer, meta.get("name", spec), meta.get("source", spec), meta)

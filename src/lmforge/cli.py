@@ -1,0 +1,239 @@
+"""`lmforge` command line: each subcommand parses its arguments and calls the Python API.
+
+    lmforge models
+    lmforge generate --model smollm2 --prompt "Once upon a time" --max-tokens 64
+    lmforge chat --model smollm2 --system "You are terse."
+    lmforge eval --model smollm2 --input ../shared/data/wikitext-2/test.txt
+    lmforge convert --model smollm2 --to hf --out smollm2-hf
+
+Errors are printed as one message without a traceback (add --debug for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.generate.config import HELP, GenerationConfig
+
+BUILTIN_HELP = "a built-in name (see `lmforge models`), a .gguf file, or a Hugging Face / " \
+               "lmforge checkpoint or run directory"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help=BUILTIN_HELP)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="weights and activations dtype (default fp32)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    """One flag per GenerationConfig field, named after it with dashes."""
+    hints = typing.get_type_hints(GenerationConfig)
+    for f in dataclasses.fields(GenerationConfig):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        if f.name == "stop":
+            p.add_argument(flag, action="append", default=None, help=HELP[f.name])
+        elif f.name == "logit_bias":
+            p.add_argument(flag, type=json.loads, default=None, metavar="JSON",
+                           help=HELP[f.name] + ', as JSON: \'{"50256": -100}\'')
+        else:
+            kind = int if hint in (int, int | None) else float
+            p.add_argument(flag, type=kind, default=None, help=HELP[f.name])
+
+
+def generation_config(args: argparse.Namespace, **defaults) -> GenerationConfig:
+    values = dict(defaults)
+    for f in dataclasses.fields(GenerationConfig):
+        value = getattr(args, f.name)
+        if value is not None:
+            values[f.name] = value
+    return GenerationConfig.from_dict(values)
+
+
+def load(args: argparse.Namespace):
+    from lmforge.api import load as load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_model(args.model, dtype=args.dtype)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from lmforge.interop.registry import list_models
+
+    for m in list_models():
+        print(f"{m['name']:<10} {m['description']}\n{'':<10} source: {m['source']} "
+              f"({m['size']})")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    lm = load(args)
+    tok = lm.tokenizer
+    if args.chat:
+        ids = tok.apply_chat_template(
+            ([{"role": "system", "content": args.system}] if args.system else [])
+            + [{"role": "user", "content": args.prompt}])
+    else:
+        ids = tok.encode(args.prompt, parse_special=True)
+    config = generation_config(args)
+    for d in lm.engine.stream([ids], config):
+        prefix = f"\n[{d.index}] " if config.n > 1 and d.text else ""
+        print(prefix + d.text, end="", flush=True)
+    print()
+    if args.stats:
+        print_stats(lm.engine.timing)
+
+
+def print_stats(t) -> None:
+    prefill = t.prompt_tokens / t.prefill_s if t.prefill_s else float("nan")
+    decode = t.generated_tokens / t.decode_s if t.decode_s else float("nan")
+    print(f"prompt tokens: {t.prompt_tokens}, generated tokens: {t.generated_tokens}, "
+          f"prefill: {prefill:.1f} tokens/s, decode: {decode:.1f} tokens/s", file=sys.stderr)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from lmforge.generate.chat import ChatSession
+
+    lm = load(args)
+    session = ChatSession(lm.engine, args.system)
+    config = generation_config(args, temperature=0.2, top_p=0.9, max_tokens=512)
+    print(f"Chatting with {lm.name}. /reset clears the history, /exit quits; "
+          "Ctrl-C stops an answer.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if line.strip() == "/exit":
+            return
+        if line.strip() == "/reset":
+            session.reset()
+            print("(history cleared)", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        stream = session.send(line, config)
+        try:
+            for d in stream:
+                if session.dropped:
+                    print(f"(dropped the {session.dropped} oldest turn(s) to fit the context "
+                          "window)", file=sys.stderr)
+                    session.dropped = 0
+                print(d.text, end="", flush=True)
+        except KeyboardInterrupt:
+            stream.close()
+            print(" [interrupted]", end="")
+        print()
+        if args.stats:
+            print_stats(lm.engine.timing)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from lmforge.eval.perplexity import evaluate
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise LmforgeError(f"--input {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    if args.chars:
+        text = text[: args.chars]
+    lm = load(args)
+    ids = lm.tokenizer.encode(text, parse_special=False)
+    result = evaluate(lm.model, ids, len(text.encode("utf-8")), args.ctx, progress=True)
+    if args.json:
+        print(json.dumps({"model": args.model, "input": str(path), **result.to_dict()}))
+    else:
+        print(f"tokens {result.tokens} (scored {result.scored}), bytes {result.bytes}\n"
+              f"cross-entropy {result.cross_entropy:.4f} nats/token\n"
+              f"perplexity    {result.perplexity:.4f}\n"
+              f"bits per byte {result.bits_per_byte:.4f}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from lmforge.api import parse_dtype
+    from lmforge.interop.checkpoint import save_checkpoint
+    from lmforge.interop.hf import save_hf
+    from lmforge.interop.load import load_weights
+
+    config, state_dict, tokenizer, _ = load_weights(args.model)
+    dtype = parse_dtype(args.dtype)
+    if args.to == "hf":
+        save_hf(config, state_dict, tokenizer, args.out, dtype=dtype)
+    else:
+        save_checkpoint(args.out, config, {k: v.to(dtype) for k, v in state_dict.items()},
+                        tokenizer)
+    print(f"wrote {args.to} model to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the built-in models").set_defaults(func=cmd_models)
+
+    g = sub.add_parser("generate", help="continue a prompt (or answer it with --chat)")
+    add_model_args(g)
+    g.add_argument("--prompt", required=True,
+                   help="raw text; the model's special tokens in it are parsed")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    g.add_argument("--system", default=None, help="system message (with --chat)")
+    g.add_argument("--stats", action="store_true", help="print token counts and tokens/s")
+    add_generation_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive multi-turn chat")
+    add_model_args(c)
+    c.add_argument("--system", default=None, help="system message")
+    c.add_argument("--stats", action="store_true", help="print tokens/s after each answer")
+    add_generation_args(c)
+    c.set_defaults(func=cmd_chat)
+
+    e = sub.add_parser(
+        "eval", help="cross-entropy, perplexity and bits per byte of a model on a text",
+        description="Scores the text in non-overlapping windows of --ctx tokens. The first "
+                    "token of each window has no context and is not scored; bits per byte "
+                    "divide the total NLL (in bits) by the UTF-8 bytes of the whole text.")
+    add_model_args(e)
+    e.add_argument("--input", required=True, help="a UTF-8 text file")
+    e.add_argument("--ctx", type=int, default=1024, help="window length in tokens")
+    e.add_argument("--chars", type=int, default=None, help="score only the first N characters")
+    e.add_argument("--json", action="store_true", help="print one JSON record")
+    e.set_defaults(func=cmd_eval)
+
+    v = sub.add_parser("convert", help="convert a model to a Hugging Face or lmforge directory")
+    v.add_argument("--model", required=True, help=BUILTIN_HELP)
+    v.add_argument("--to", required=True, choices=["hf", "lmforge"])
+    v.add_argument("--out", required=True, help="output directory")
+    v.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    v.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LmforgeError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: cross-entropy, perplexity and bits per byte of models on texts."""

@@ -1,0 +1,105 @@
+"""`GenerationConfig`: the one list of generation fields for the CLI, the API and the web UI.
+
+Names follow the OpenAI API where one exists (`max_tokens`, `temperature`, `top_p`, `stop`,
+`seed`, `presence_penalty`, `frequency_penalty`, `logit_bias`, `n`) and the usual
+extensions otherwise (`top_k`, `min_p`, `repetition_penalty`, `no_repeat_ngram_size`,
+`num_beams`, `length_penalty`, `min_tokens`). CLI flags are the same names with dashes.
+Temperature 0 means greedy decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+from lmforge.errors import LmforgeError
+
+HELP = {
+    "max_tokens": "most new tokens to generate",
+    "min_tokens": "fewest new tokens before a stop token may end the answer",
+    "temperature": "softmax temperature; 0 is greedy (argmax)",
+    "top_p": "nucleus sampling: keep the smallest set of tokens whose probability reaches p",
+    "top_k": "keep the k most likely tokens (0: all)",
+    "min_p": "drop tokens whose probability is below min_p times the top token's",
+    "presence_penalty": "subtract this from the logit of every token already generated",
+    "frequency_penalty": "subtract this times the count of each token already generated",
+    "repetition_penalty": "divide positive (multiply negative) logits of seen tokens (CTRL)",
+    "no_repeat_ngram_size": "never repeat an n-gram of this size (0: off)",
+    "logit_bias": "token id → bias added to its logit, in −100…100",
+    "stop": "strings that end the answer (not included in it)",
+    "seed": "seed for reproducible sampling",
+    "n": "number of answers per prompt",
+    "num_beams": "beam search with this many beams (1: off)",
+    "length_penalty": "beam score = log-probability / length^length_penalty",
+}
+
+
+@dataclass
+class GenerationConfig:
+    max_tokens: int = 256
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    n: int = 1
+    num_beams: int = 1
+    length_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.logit_bias = {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise LmforgeError naming the first field out of range."""
+        checks = [
+            ("max_tokens", self.max_tokens >= 1, "at least 1"),
+            ("min_tokens", 0 <= self.min_tokens <= self.max_tokens, "between 0 and max_tokens"),
+            ("temperature", 0.0 <= self.temperature <= 100.0, "between 0 and 100"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]"),
+            ("top_k", self.top_k >= 0, "0 (off) or more"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "in [0, 1]"),
+            ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "between -2 and 2"),
+            ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "between -2 and 2"),
+            ("repetition_penalty", self.repetition_penalty > 0.0, "positive"),
+            ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"),
+            ("n", 1 <= self.n <= 128, "between 1 and 128"),
+            ("num_beams", 1 <= self.num_beams <= 64, "between 1 and 64"),
+            ("stop", len(self.stop) <= 16 and all(self.stop), "at most 16 non-empty strings"),
+            ("logit_bias", all(-100 <= b <= 100 for b in self.logit_bias.values()),
+             "biases in -100…100"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise LmforgeError(f"{name}={getattr(self, name)!r} is invalid: it must be {want}")
+        if self.num_beams > 1 and self.n > self.num_beams:
+            raise LmforgeError(f"n={self.n} answers need at least as many beams "
+                               f"(num_beams={self.num_beams})")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GenerationConfig:
+        """Build from a mapping; an unknown key is an error that names it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LmforgeError(f"unknown generation field(s) {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise LmforgeError(f"invalid generation settings: {exc}") from None
