@@ -1,0 +1,171 @@
+"""Generation on tiny random models with a character tokenizer: processors, sampling,
+beam search, stop strings, streaming, batching and seeds."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmforge.errors import LmforgeError
+from lmforge.generate import processors as P
+from lmforge.generate.beam import beam_search
+from lmforge.generate.config import GenerationConfig
+from lmforge.generate.engine import Engine, Timing
+from lmforge.generate.text import TextStream
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
+from lmforge.tokenizers.char import CharTokenizer
+
+TOK = CharTokenizer.from_text("abcdefgh .", eos="<eos>")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    config = ModelConfig(vocab_size=TOK.vocab_size, d_model=32, n_layer=2, n_head=4,
+                         n_kv_head=2, d_ff=64, max_seq_len=96)
+    model = Transformer(config)
+    model.init_weights(std=0.3, seed=1)
+    return Engine(model, TOK)
+
+
+def state(rows: list[list[int]], vocab: int = 8) -> P.DecodeState:
+    return P.DecodeState.start(rows, vocab)
+
+
+def test_top_k_top_p_min_p_keep_the_right_tokens():
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1]]))
+    s = state([[0]], 4)
+    finite = lambda x: torch.isfinite(x)[0].tolist()  # noqa: E731
+    assert finite(P.top_k(2)(logits.clone(), s)) == [True, True, False, False]
+    assert finite(P.top_p(0.7)(logits.clone(), s)) == [True, True, False, False]
+    assert finite(P.top_p(0.75)(logits.clone(), s)) == [True, True, False, False]
+    assert finite(P.top_p(0.76)(logits.clone(), s)) == [True, True, True, False]
+    assert finite(P.top_p(0.01)(logits.clone(), s)) == [True, False, False, False]
+    assert finite(P.min_p(0.3)(logits.clone(), s)) == [True, True, True, False]
+
+
+def test_penalties_follow_their_formulas():
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+    s = state([[0, 1]], 4)
+    s.append([0])
+    s.append([0])
+    out = P.repetition_penalty(2.0)(logits.clone(), s)
+    assert out.tolist() == [[1.0, -4.0, 1.0, 0.5]]
+    out = P.presence_frequency_penalty(0.5, 0.25)(logits.clone(), s)
+    assert out.tolist() == [[2.0 - 0.5 - 0.5, -2.0, 1.0, 0.5]]
+    out = P.logit_bias({3: -100.0}, 4)(logits.clone(), s)
+    assert out[0, 3] == -99.5
+
+
+def test_no_repeat_ngram_bans_completions():
+    s = state([[1, 2, 3, 1, 2]], 5)
+    out = P.no_repeat_ngram(3)(torch.zeros(1, 5), s)
+    assert torch.isinf(out[0, 3]) and torch.isfinite(out[0, [0, 1, 2, 4]]).all()
+
+
+def test_temperature_zero_is_argmax_and_config_validates():
+    assert P.sample(torch.tensor([[0.1, 3.0, 0.2]]), None) == [1]
+    with pytest.raises(LmforgeError, match="top_p"):
+        GenerationConfig(top_p=0)
+    with pytest.raises(LmforgeError, match="max_tokens"):
+        GenerationConfig(max_tokens=0)
+    with pytest.raises(LmforgeError, match="max_token"):
+        GenerationConfig.from_dict({"max_token": 3})
+
+
+def test_text_stream_holds_back_possible_stop_strings():
+    stream = TextStream(TOK, ["cde"])
+    out = [stream.push(i) for i in TOK.encode("abcdcde", parse_special=False)]
+    assert "".join(d for d, _ in out) == "abcd"
+    assert [s for _, s in out] == [False] * 6 + [True]
+    assert [d for d, _ in out][:3] == ["a", "b", ""]  # "c" waits: it may start "cde"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.text(alphabet="abcdefgh .", max_size=20), st.lists(
+    st.text(alphabet="abc", min_size=1, max_size=3), max_size=2))
+def test_text_stream_equals_cutting_the_whole_text(text, stops):
+    stream = TextStream(TOK, stops)
+    emitted, stopped = "", False
+    for i in TOK.encode(text, parse_special=False):
+        delta, stopped = stream.push(i)
+        emitted += delta
+        if stopped:
+            break
+    if not stopped:
+        emitted += stream.close()
+    cut = min([i for s in stops if (i := text.find(s)) >= 0], default=len(text))
+    assert emitted == text[:cut]
+
+
+def test_greedy_batch_equals_single_rows(engine):
+    prompts = [TOK.encode("abc"), TOK.encode("hg fed"), TOK.encode("a")]
+    config = GenerationConfig(max_tokens=12, temperature=0)
+    batched = engine.generate(prompts, config)
+    for p, b in zip(prompts, batched, strict=True):
+        assert engine.generate([p], config)[0] == b
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(engine):
+    config = GenerationConfig(max_tokens=16, temperature=1.2, top_k=5, seed=7)
+    a = engine.generate([TOK.encode("abc")], config)
+    b = engine.generate([TOK.encode("abc"), TOK.encode("dd")], config)
+    assert a[0] == engine.generate([TOK.encode("abc")], config)[0] == b[0]
+    other = engine.generate([TOK.encode("abc")], GenerationConfig(**{**config.to_dict(),
+                                                                     "seed": 8}))
+    assert other[0].token_ids != a[0].token_ids
+
+
+def test_n_answers_share_one_prefill(engine):
+    config = GenerationConfig(max_tokens=10, temperature=1.0, n=3, seed=3)
+    out = engine.generate([TOK.encode("ab")], config)
+    assert len(out) == 3 and len({tuple(o.token_ids) for o in out}) > 1
+    assert engine.timing.prompt_tokens == 2
+
+
+def test_stop_tokens_min_tokens_and_finish_reasons(engine):
+    eos = TOK.special.eos
+    always_eos = GenerationConfig(max_tokens=5, temperature=0, logit_bias={eos: 100})
+    out = engine.generate([TOK.encode("ab")], always_eos)[0]
+    assert out.token_ids == [eos] and out.text == "" and out.finish_reason == "stop"
+    forced = GenerationConfig(**{**always_eos.to_dict(), "min_tokens": 3})
+    out = engine.generate([TOK.encode("ab")], forced)[0]
+    assert len(out.token_ids) == 4 and out.token_ids[-1] == eos
+    out = engine.generate([TOK.encode("ab")], GenerationConfig(max_tokens=4, temperature=0,
+                                                               logit_bias={eos: -100}))[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 4
+
+
+def test_stream_deltas_join_to_the_answer(engine):
+    config = GenerationConfig(max_tokens=20, temperature=0.9, seed=1, stop=["e"])
+    deltas = list(engine.stream([TOK.encode("ab")], config))
+    whole = engine.generate([TOK.encode("ab")], config)[0]
+    assert "".join(d.text for d in deltas) == whole.text and "e" not in whole.text
+    assert deltas[-1].finish_reason == whole.finish_reason
+    assert all(d.finish_reason is None for d in deltas[:-1])
+
+
+def test_beam_search_finds_the_best_sequence_exhaustively(engine):
+    """With as many beams as sequences, beam search is exhaustive search."""
+    prompt = TOK.encode("abc")
+    config = GenerationConfig(max_tokens=2, num_beams=64, length_penalty=0.0, temperature=0)
+    best = beam_search(engine.model, prompt, config, [], Timing())[0]
+    model = engine.model
+    scores = {}
+    with torch.inference_mode():
+        first = model(torch.tensor([prompt]))[0, -1].log_softmax(-1)
+        for a, b in itertools.product(range(TOK.vocab_size), repeat=2):
+            second = model(torch.tensor([prompt + [a]]))[0, -1].log_softmax(-1)
+            scores[(a, b)] = (first[a] + second[b]).item()
+    top = max(scores, key=scores.get)
+    assert tuple(best.tokens) == top and math.isclose(best.score, scores[top], abs_tol=1e-4)
+
+
+def test_beam_search_through_the_engine(engine):
+    out = engine.generate([TOK.encode("ab")], GenerationConfig(max_tokens=8, num_beams=4, n=2))
+    assert len(out) == 2 and all(o.finish_reason in ("stop", "length") for o in out)
