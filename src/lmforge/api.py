@@ -15,7 +15,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.generate.engine import Engine
-from lmforge.interop.load import load_weights
+from lmforge.interop.load import load_weights, resolve_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizers.base import Tokenizer
@@ -53,16 +53,23 @@ class LoadedModel:
 def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor],
                 dtype: torch.dtype = torch.float32) -> Transformer:
     """A Transformer in eval mode holding `state_dict` (strict: every tensor must match)."""
-    model = Transformer(config)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    with torch.device("meta"):  # no memory and no random init for weights we overwrite
+        model = Transformer(config)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     if missing or unexpected:
         raise LmforgeError(f"weights do not fit the config: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
+    for module in model.modules():
+        if hasattr(module, "init_buffers"):
+            module.init_buffers()
     return model.to(dtype).eval()
 
 
 def load(spec: str, dtype: str = "fp32") -> LoadedModel:
     """Load a built-in model name, a .gguf file, a Hugging Face or an lmforge directory."""
+    source = resolve_model(spec)
     config, state_dict, tokenizer, meta = load_weights(spec)
+    if tokenizer is None:
+        raise LmforgeError(f"{source.path} has no tokenizer; add tokenizer files to generate")
     model = build_model(config, state_dict, parse_dtype(dtype))
-    return LoadedModel(model, tokenizer, meta.get("name", spec), meta.get("source", spec), meta)
+    return LoadedModel(model, tokenizer, source.name, str(source.path), meta)

@@ -30,9 +30,15 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        self.config = config
+        self.register_buffer("cos", None, persistent=False)
+        self.register_buffer("sin", None, persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """(Re)compute the tables, e.g. after building the model on the meta device."""
+        c = self.config
+        self.cos, self.sin = rope_tables(c.head_dim, c.max_seq_len, c.rope_theta)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,12 +65,17 @@ class LearnedPosition(nn.Module):
 class SinusoidalPosition(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        d, n = config.d_model, config.max_seq_len
+        self.config = config
+        self.register_buffer("table", None, persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        d, n = self.config.d_model, self.config.max_seq_len
         div = torch.exp(torch.arange(0, d, 2).float() * (-math.log(10000.0) / d))
         angles = torch.arange(n).float()[:, None] * div
         table = torch.zeros(n, d)
         table[:, 0::2], table[:, 1::2] = angles.sin(), angles.cos()[:, : d // 2]
-        self.register_buffer("table", table, persistent=False)
+        self.table = table
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         return self.table[positions]
