@@ -71,8 +71,12 @@ def cmd_models(args: argparse.Namespace) -> None:
     from lmforge.interop.registry import list_models
 
     for m in list_models():
-        print(f"{m['name']:<10} {m['description']}\n{'':<10} source: {m['source']} "
-              f"({m['size']})")
+        print(f"{m.name:<9} {m.description}")
+        if m.path is None:
+            print(f"{'':<9} not installed: {m.install}")
+        else:
+            params = f"{m.n_params / 1e6:.0f}M parameters, " if m.n_params else ""
+            print(f"{'':<9} {params}{m.size_bytes / 1e6:.0f} MB at {m.path}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

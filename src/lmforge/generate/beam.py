@@ -34,6 +34,7 @@ def _score(logprob: float, length: int, penalty: float) -> float:
     return logprob / (max(length, 1) ** penalty)
 
 
+@torch.inference_mode()
 def beam_search(model: Transformer, prompt: list[int], config: GenerationConfig,
                 stop_ids: list[int], timing: Timing) -> list[Hypothesis]:
     """The config.n best answers to one prompt, best first."""

@@ -87,6 +87,7 @@ def cache_for(model: Transformer, n_rows: int, longest_prompt: int, max_tokens: 
                    dtype=p.dtype, device=p.device)
 
 
+@torch.inference_mode()
 def generate_ids(model: Transformer, prompts: list[list[int]], config: GenerationConfig,
                  stop_ids: list[int], rows: Rows) -> Iterator[list[tuple[int, int]]]:
     """Yield, at each step, (row, token) for every row still running. Row r is answer

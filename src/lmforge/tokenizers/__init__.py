@@ -1,0 +1,35 @@
+"""Tokenizers: text ↔ ids, special tokens, chat templates.
+
+- `base.py`       the `Tokenizer` interface and `SpecialTokens`; encoding = split at added
+                  tokens (`added.py`), then the subword algorithm on the text between
+- `bpe.py`        byte-level BPE (GPT-2 style), from GGUF metadata or a `tokenizer.json`
+- `pretokenize.py` the regex pre-tokenizers, keyed by GGUF `tokenizer.ggml.pre`
+- `char.py`       a character-level tokenizer with its own versioned save file
+- `chat.py`       chat templates (jinja2) with content that can never become a special token
+- `hf_files.py`   the Hugging Face `tokenizer.json` / `tokenizer_config.json` files
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+from lmforge.tokenizers import char, hf_files
+from lmforge.tokenizers.base import SpecialTokens, Tokenizer
+from lmforge.tokenizers.bpe import BPETokenizer
+from lmforge.tokenizers.char import CharTokenizer
+from lmforge.tokenizers.chat import encode_chat, render_chat
+
+__all__ = ["BPETokenizer", "CharTokenizer", "SpecialTokens", "Tokenizer", "encode_chat",
+           "load_tokenizer", "render_chat"]
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """The tokenizer saved in `directory`: lmforge's own file if present, else tokenizer.json."""
+    d = Path(directory)
+    if (d / char.FILENAME).is_file():
+        return CharTokenizer.load(d)
+    if (d / "tokenizer.json").is_file():
+        return BPETokenizer.from_tokenizer_json(*hf_files.read_dir(d))
+    raise LmforgeError(f"{d} holds no tokenizer (neither {char.FILENAME} nor tokenizer.json); "
+                       "point to a tokenizer or checkpoint directory")
