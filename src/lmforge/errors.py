@@ -6,4 +6,4 @@ without a traceback unless `--debug` is given.
 
 
 class LmforgeError(Exception):
-    """A problem caused by the user's input or environment, with a message that says how to fix it."""
+    """A problem with the user's input or environment; the message says how to fix it."""
