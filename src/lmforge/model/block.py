@@ -24,6 +24,10 @@ class Block(nn.Module):
         self.ffn = FeedForward(config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVStore | None = None) -> torch.Tensor:
+                cache: KVStore | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`keep` (B, K): return only these positions, skipping the feed-forward work for
+        the others (the last block of a prefill, where only the last position is read)."""
         x = x + self.attn(self.attn_norm(x), rope, cache)
+        if keep is not None:
+            x = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return x + self.ffn(self.ffn_norm(x))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.model.config import ModelConfig
+from lmforge.model.linear import Linear
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "swiglu": F.silu,
@@ -33,8 +34,8 @@ class FeedForward(nn.Module):
         self.gated = config.gated
         self.act = ACTIVATIONS[config.mlp]
         n_up = 2 * config.d_ff if self.gated else config.d_ff
-        self.up = nn.Linear(config.d_model, n_up, bias=config.bias)
-        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.up = Linear(config.d_model, n_up, bias=config.bias)
+        self.down = Linear(config.d_ff, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)

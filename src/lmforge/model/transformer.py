@@ -11,12 +11,12 @@ adapters and quantized layers replace modules from outside without touching this
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmforge.model.attention import KVStore
 from lmforge.model.block import Block
 from lmforge.model.config import ModelConfig
+from lmforge.model.linear import Linear, linear
 from lmforge.model.norm import make_norm
 from lmforge.model.position import RotaryEmbedding, make_absolute_position
 
@@ -31,7 +31,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = make_norm(config)
         if not config.tie_embeddings:
-            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
 
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.config.tie_embeddings else self.lm_head.weight
@@ -54,11 +54,10 @@ class Transformer(nn.Module):
         if self.abs_position is not None:
             x = x + self.abs_position(positions).to(x.dtype)
         rope = self.rope(positions, x.dtype) if self.rope is not None else None
-        for block in self.layers:
-            x = block(x, rope, cache)
-        if keep is not None:
-            x = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return F.linear(self.norm(x), self.head_weight()).float()
+        last = len(self.layers) - 1
+        for i, block in enumerate(self.layers):
+            x = block(x, rope, cache, keep if i == last else None)
+        return linear(self.norm(x), self.head_weight()).float()
 
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> None:
         """Normal(0, std) for matrices, zero biases, unit norm gains (GPT-2's initialisation)."""
