@@ -119,6 +119,13 @@ def bench_dtype(name: str, reps: int, prompt: list[int], batch_prompts: list[lis
     return out
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,8 +139,8 @@ def main() -> None:
     ids = tok.encode(TEXT.read_text(encoding="utf-8")[:20000], parse_special=False)
     prompt = ids[:512]
     batch_prompts = [ids[1000 + 40 * i: 1032 + 40 * i] for i in range(8)]
-    record = {"benchmark": "decode", "threads": args.threads, "cpu": platform.processor()
-              or platform.machine(), "torch": torch.__version__, "results": []}
+    record = {"benchmark": "decode", "threads": args.threads, "cpu": cpu_name(),
+              "torch": torch.__version__, "results": []}
     for name in args.dtypes:
         res = bench_dtype(name, args.reps, prompt, batch_prompts)
         record["results"].append(res)
