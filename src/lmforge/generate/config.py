@@ -10,8 +10,9 @@ Temperature 0 means greedy decoding.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
+from lmforge import strict
 from lmforge.errors import LmforgeError
 
 HELP = {
@@ -95,11 +96,4 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, data: dict) -> GenerationConfig:
         """Build from a mapping; an unknown key is an error that names it."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LmforgeError(f"unknown generation field(s) {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
-            raise LmforgeError(f"invalid generation settings: {exc}") from None
+        return strict.from_dict(cls, data, "generation setting")

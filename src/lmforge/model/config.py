@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
+from lmforge import strict
 from lmforge.errors import LmforgeError
 
 FAMILIES = ("decoder", "prefix", "encoder", "encoder_decoder")
@@ -97,16 +98,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LmforgeError(
-                f"unknown model config key(s) {unknown}; known keys are {sorted(known)}"
-            )
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise LmforgeError(f"model config is incomplete: {exc}") from None
+        return strict.from_dict(cls, data, "model config")
 
     def save(self, path: str | Path, **extra) -> None:
         """Write `config.json` (plus `extra` top-level keys such as the format tag)."""
