@@ -77,8 +77,12 @@ def test_convert_keeps_the_logits(capsys, tmp_path, smollm2, fmt):
 
     back = lmforge.load(str(out_dir))
     ids = torch.tensor([smollm2.tokenizer.encode("Convert me, please.")])
+    theirs = smollm2.model.state_dict()
+    assert all(torch.equal(t, theirs[name]) for name, t in back.model.state_dict().items())
     with torch.inference_mode():
-        assert torch.equal(back.model(ids), smollm2.model(ids))
+        # equal weights; MKL's rounding may still depend on where they lie in memory
+        diff = (back.model(ids) - smollm2.model(ids)).abs().max().item()
+    assert diff <= 1e-4
     assert back.tokenizer.encode("héllo <|im_end|> 123") == smollm2.tokenizer.encode(
         "héllo <|im_end|> 123")
     if fmt == "hf":
