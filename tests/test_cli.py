@@ -80,7 +80,7 @@ def test_convert_keeps_the_logits(capsys, tmp_path, smollm2, fmt):
     theirs = smollm2.model.state_dict()
     assert all(torch.equal(t, theirs[name]) for name, t in back.model.state_dict().items())
     with torch.inference_mode():
-        # equal weights; MKL's rounding may still depend on where they lie in memory
+        # equal weights; allow for kernels whose summation order depends on memory layout
         diff = (back.model(ids) - smollm2.model(ids)).abs().max().item()
     assert diff <= 1e-4
     assert back.tokenizer.encode("héllo <|im_end|> 123") == smollm2.tokenizer.encode(
