@@ -71,6 +71,19 @@ def test_metadata_is_plain_python() -> None:
     assert meta["tokenizer.ggml.add_bos_token"] is False
 
 
+def test_metadata_equals_the_gguf_package_reader() -> None:
+    """Every key and value as gguf.GGUFReader reads it (floats: the same f32 value)."""
+    ours = read_gguf_metadata(SMOL)
+    reader = gguf.GGUFReader(SMOL)
+    theirs = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        if isinstance(value, float):
+            assert np.float32(ours[key]) == np.float32(value), key
+        else:
+            assert ours[key] == value, key
+
+
 # -- tiny hand-made files -------------------------------------------------------------------
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:

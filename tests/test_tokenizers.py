@@ -14,7 +14,6 @@ import importlib.util
 import time
 from pathlib import Path
 
-import gguf
 import pytest
 import tokenizers
 from hypothesis import given, settings
@@ -23,6 +22,7 @@ from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer
 
 from lmforge.errors import LmforgeError
+from lmforge.interop.gguf import read_gguf_metadata
 from lmforge.tokenizers import BPETokenizer, load_tokenizer, render_chat
 from lmforge.tokenizers.chat import CHATML
 
@@ -55,10 +55,9 @@ DIGIT_AFTER_SPACES = ["a  1", "x\n\n3", "  42", "line\n 7", "tab\t\t9", "and Ù¡Ù
 
 @pytest.fixture(scope="module")
 def meta(smollm2_path) -> dict:
-    """GGUF metadata as plain Python values (to be replaced by lmforge.interop.gguf's reader)."""
-    reader = gguf.GGUFReader(smollm2_path)
-    return {key: field.contents() for key, field in reader.fields.items()
-            if not key.startswith("GGUF.")}
+    """GGUF metadata as plain Python values, from our reader (tests/test_gguf.py checks it
+    against the gguf package's)."""
+    return read_gguf_metadata(smollm2_path)
 
 
 @pytest.fixture(scope="module")
