@@ -52,3 +52,4 @@ def test_a_message_longer_than_the_context_is_a_clear_error():
     chat = session(64)
     with pytest.raises(LmforgeError, match="context window of 64"):
         list(chat.send("x" * 100, GenerationConfig(max_tokens=8, temperature=0)))
+    assert chat.messages == []  # the session goes on without it

@@ -137,6 +137,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
         except KeyboardInterrupt:
             stream.close()
             print(" [interrupted]", end="")
+        except LmforgeError as exc:  # one bad message does not end the session
+            print(f"error: {exc}", file=sys.stderr)
         print()
         if args.stats:
             print_stats(lm.engine.timing)

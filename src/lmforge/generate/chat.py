@@ -50,7 +50,11 @@ class ChatSession:
         """Stream the answer to `text`; the answer joins the history as it is generated,
         so an interrupted answer keeps what was said."""
         self.messages.append({"role": "user", "content": text})
-        ids = self.prompt_ids(config.max_tokens)
+        try:
+            ids = self.prompt_ids(config.max_tokens)
+        except LmforgeError:
+            self.messages.pop()  # a message that cannot be answered does not join the history
+            raise
         answer = {"role": "assistant", "content": ""}
         self.messages.append(answer)
         for delta in self.engine.stream([ids], config):
