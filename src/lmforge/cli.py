@@ -34,6 +34,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
 
 
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"2\": -100}'")
+    return value
+
+
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     """One flag per GenerationConfig field, named after it with dashes."""
     hints = typing.get_type_hints(GenerationConfig)
@@ -43,7 +53,7 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
         if f.name == "stop":
             p.add_argument(flag, action="append", default=None, help=HELP[f.name])
         elif f.name == "logit_bias":
-            p.add_argument(flag, type=json.loads, default=None, metavar="JSON",
+            p.add_argument(flag, type=json_object, default=None, metavar="JSON",
                            help=HELP[f.name] + ', as JSON: \'{"50256": -100}\'')
         else:
             kind = int if hint in (int, int | None) else float
