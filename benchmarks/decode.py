@@ -7,8 +7,9 @@ after a warm-up; each figure is the median of --reps. Prefill: tokens/s for a 51
 prompt, computing last-position logits only (`logits_to_keep=1` for transformers). Decode:
 tokens/s at batch 1 and 8 without the prefill: (time for 129 new tokens − time for 1) / 128,
 with the stop token disabled on both sides. The weight-streaming floor is one
-matrix-vector product over every weight matrix and the output head in the same dtype;
-each decode figure is also printed as a fraction of it. Ends with one JSON record.
+matrix-vector product over every weight matrix and the output head in the same dtype, with
+the faster of MKL's and oneDNN's kernels; the batch-1 decode figures are also printed as a
+fraction of it. Ends with one JSON record.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from lmforge.api import load, parse_dtype
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.engine import Rows, cache_for, generate_ids, prefill
+from lmforge.model.linear import linear
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2" / "test.txt"
@@ -70,17 +72,20 @@ def hf_generate(hf, prompts: list[list[int]], new: int) -> None:
 
 @torch.inference_mode()
 def floor_seconds(model, reps: int) -> float:
-    """One matrix-vector product over every weight matrix and the output head."""
+    """One matrix-vector product over every weight matrix and the output head, with the
+    faster of PyTorch's kernel (MKL for fp32) and oneDNN's (what lmforge uses)."""
     mats = [p for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name]
     mats.append(model.head_weight())
     x = {m.shape[1]: torch.randn(1, m.shape[1], dtype=m.dtype) for m in mats}
+    best = float("inf")
+    for kernel in (torch.nn.functional.linear, linear):
+        def run(kernel=kernel) -> None:
+            for m in mats:
+                kernel(x[m.shape[1]], m)
 
-    def run() -> None:
-        for m in mats:
-            torch.nn.functional.linear(x[m.shape[1]], m)
-
-    run()
-    return statistics.median(timed(run) for _ in range(max(reps, 5)))
+        run()
+        best = min(best, statistics.median(timed(run) for _ in range(max(reps, 5))))
+    return best
 
 
 def bench_dtype(name: str, reps: int, prompt: list[int], batch_prompts: list[list[int]]) -> dict:
