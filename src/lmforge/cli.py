@@ -5,6 +5,7 @@
     lmforge chat --model smollm2 --system "You are terse."
     lmforge eval --model smollm2 --input ../shared/data/wikitext-2/test.txt
     lmforge convert --model smollm2 --to hf --out smollm2-hf
+    lmforge prepare --tokenizer char --input train.txt --val val.txt --out data/char
 
 Errors are printed as one message without a traceback (add --debug for the traceback).
 """
@@ -191,6 +192,15 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.to} model to {args.out}")
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from lmforge.data.prepare import prepare
+
+    meta = prepare(args.tokenizer, args.input, args.out, args.val, args.val_fraction)
+    counts = ", ".join(f"{k} {v:,}" for k, v in meta["tokens"].items())
+    print(f"wrote {args.out}: {counts} tokens ({meta['dtype']}, vocabulary "
+          f"{meta['vocab_size']:,})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--chars", type=int, default=None, help="score only the first N characters")
     e.add_argument("--json", action="store_true", help="print one JSON record")
     e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("prepare", help="tokenise text into memory-mapped training shards")
+    d.add_argument("--tokenizer", required=True,
+                   help="`char` (built from the input), a tokenizer directory, or a model "
+                        "(built-in name, .gguf, Hugging Face or lmforge directory)")
+    d.add_argument("--input", required=True, nargs="+", help="text files or directories")
+    d.add_argument("--val", default=None, help="a text file (or directory) for validation")
+    d.add_argument("--val-fraction", type=float, default=None,
+                   help="use the last fraction of the tokens for validation instead")
+    d.add_argument("--out", required=True, help="output data directory")
+    d.set_defaults(func=cmd_prepare)
 
     v = sub.add_parser("convert", help="convert a model to a Hugging Face or lmforge directory")
     v.add_argument("--model", required=True, help=BUILTIN_HELP)

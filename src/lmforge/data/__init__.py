@@ -1,0 +1,1 @@
+"""Data: preparing token shards (memory-mapped) for training."""
