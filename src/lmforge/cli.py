@@ -6,6 +6,7 @@
     lmforge eval --model smollm2 --input ../shared/data/wikitext-2/test.txt
     lmforge convert --model smollm2 --to hf --out smollm2-hf
     lmforge prepare --tokenizer char --input train.txt --val val.txt --out data/char
+    lmforge train --config configs/shakespeare-char.toml
 
 Errors are printed as one message without a traceback (add --debug for the traceback).
 """
@@ -201,6 +202,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
           f"{meta['vocab_size']:,})")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from lmforge.train.config import load_run_config
+    from lmforge.train.loop import train
+
+    run = load_run_config(args.config, args.set or [])
+    run_dir = train(run, resume=args.resume, stop_after=args.stop_after)
+    print(f"run directory: {run_dir} (metrics.jsonl, loss.png, checkpoints/, best/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the last fraction of the tokens for validation instead")
     d.add_argument("--out", required=True, help="output data directory")
     d.set_defaults(func=cmd_prepare)
+
+    t = sub.add_parser("train", help="train a model from a TOML config")
+    t.add_argument("--config", required=True, help="a TOML file with [model], [data], [train]")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.lr=3e-4")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    t.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                   help="pause after this step (checkpointed; continue with --resume)")
+    t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("convert", help="convert a model to a Hugging Face or lmforge directory")
     v.add_argument("--model", required=True, help=BUILTIN_HELP)

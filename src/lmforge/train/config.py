@@ -1,0 +1,109 @@
+"""A training run's configuration: a TOML file with [model], [data] and [train] tables.
+
+    [model]          # every ModelConfig field (vocab_size may be left out: the data sets it)
+    d_model = 384
+    [data]
+    dir = "../data/shakespeare-char"   # relative paths are relative to the config file
+    [train]
+    max_steps = 5000
+
+`--set train.lr=3e-4` overrides one value (parsed as TOML: numbers, booleans, strings).
+Unknown keys are errors that name them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmforge import strict
+from lmforge.errors import LmforgeError
+
+
+@dataclass
+class TrainSettings:
+    out_dir: str = "runs/run"
+    batch_size: int = 32
+    block_size: int = 256  # tokens per training window
+    grad_accum: int = 1
+    max_steps: int = 1000
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # matrices only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    momentum: float = 0.9  # sgd
+    grad_clip: float = 1.0  # 0: off
+    dtype: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights)
+    eval_every: int = 250
+    eval_batches: int = 20
+    log_every: int = 10
+    keep_last: int = 2
+    seed: int = 1337
+    threads: int = 0  # 0: torch's default
+
+    def validate(self) -> None:
+        if self.optimizer not in ("adamw", "adam", "sgd"):
+            raise LmforgeError(f"train.optimizer={self.optimizer!r}: use adamw, adam or sgd")
+        if self.dtype not in ("fp32", "bf16"):
+            raise LmforgeError(f"train.dtype={self.dtype!r}: use fp32 or bf16")
+        for name in ("batch_size", "block_size", "grad_accum", "max_steps", "eval_every",
+                     "eval_batches", "log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise LmforgeError(f"train.{name} must be at least 1")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise LmforgeError("train.warmup_steps must be between 0 and train.max_steps")
+
+
+@dataclass
+class RunConfig:
+    model: dict
+    data_dir: Path
+    train: TrainSettings = field(default_factory=TrainSettings)
+    source: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "data": {"dir": str(self.data_dir)},
+                "train": dataclasses.asdict(self.train)}
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """`section.key=value` with a TOML value; bare words are taken as strings."""
+    if "=" not in assignment or "." not in assignment.split("=", 1)[0]:
+        raise LmforgeError(f"--set {assignment!r}: write section.key=value, e.g. train.lr=3e-4")
+    key, value = assignment.split("=", 1)
+    section, name = key.split(".", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    raw.setdefault(section, {})[name] = parsed
+
+
+def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LmforgeError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise LmforgeError(f"{path} is not valid TOML: {exc}") from None
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    unknown = sorted(set(raw) - {"model", "data", "train"})
+    if unknown:
+        raise LmforgeError(f"{path}: unknown table(s) {unknown}; use [model], [data], [train]")
+    data = raw.get("data", {})
+    if set(data) - {"dir"} or "dir" not in data:
+        raise LmforgeError(f"{path}: [data] needs exactly one key, dir = \"DATA_DIR\"")
+    settings = strict.from_dict(TrainSettings, raw.get("train", {}), "train setting")
+    settings.validate()
+    out = Path(settings.out_dir)
+    settings.out_dir = str(out if out.is_absolute() else path.parent / out)
+    data_dir = Path(data["dir"])
+    return RunConfig(raw.get("model", {}), data_dir if data_dir.is_absolute()
+                     else path.parent / data_dir, settings, path)
