@@ -1,7 +1,11 @@
-"""One Transformer block (pre-norm, as in GPT-2 onwards and Llama):
+"""One Transformer block, pre-norm (GPT-2 onwards, Llama) or post-norm (Vaswani et al., 2017;
+BERT, Devlin et al., 2019), chosen by `ModelConfig.norm_position`:
 
-    h = x + Attention(Norm(x))
-    y = h + FFN(Norm(h))
+    pre:   h = x + Attention(Norm(x))        post:  h = Norm(x + Attention(x))
+           y = h + FFN(Norm(h))                     y = Norm(h + FFN(h))
+
+The two norms keep their names (`attn_norm`, `ffn_norm`) in both layouts: the norm of the
+attention sub-layer and the norm of the feed-forward sub-layer.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from lmforge.model.norm import make_norm
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
+        self.post_norm = config.post_norm
         self.attn_norm = make_norm(config)
         self.attn = SelfAttention(config, layer)
         self.ffn_norm = make_norm(config)
@@ -27,7 +32,12 @@ class Block(nn.Module):
                 cache: KVStore | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
         """`keep` (B, K): return only these positions, skipping the feed-forward work for
         the others (the last block of a prefill, where only the last position is read)."""
-        x = x + self.attn(self.attn_norm(x), rope, cache)
+        if self.post_norm:
+            x = self.attn_norm(x + self.attn(x, rope, cache))
+        else:
+            x = x + self.attn(self.attn_norm(x), rope, cache)
         if keep is not None:
             x = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        if self.post_norm:
+            return self.ffn_norm(x + self.ffn(x))
         return x + self.ffn(self.ffn_norm(x))

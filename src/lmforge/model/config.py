@@ -7,6 +7,10 @@ Design choices:
 - `from_dict` rejects unknown keys by name, so a misspelled key in a config file is an error,
   not a silent default.
 - Runtime settings (batch size, cache length, device, dtype) are not here.
+- `family` picks the attention mask: "encoder" attends both ways (BERT), every other family
+  causally. `norm_position` picks pre-norm (GPT-2 onwards, Llama) or post-norm blocks (the
+  original Transformer, BERT); post-norm implies a norm on the embeddings and no final norm.
+  The defaults of every field added later keep older configs meaning what they meant.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ FAMILIES = ("decoder", "prefix", "encoder", "encoder_decoder")
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu", "silu")
 POSITIONS = ("rope", "learned", "sinusoidal", "none")
+NORM_POSITIONS = ("pre", "post")
 
 
 @dataclass
@@ -45,6 +50,8 @@ class ModelConfig:
     max_seq_len: int = 2048
     tie_embeddings: bool = True
     bias: bool = False
+    norm_position: str = "pre"  # "post": norm after each residual add (+ embeddings, no final)
+    type_vocab_size: int = 0  # segment (token type) embeddings, as in BERT; 0: none
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -62,6 +69,7 @@ class ModelConfig:
             ("norm", self.norm, NORMS),
             ("mlp", self.mlp, MLPS),
             ("position", self.position, POSITIONS),
+            ("norm_position", self.norm_position, NORM_POSITIONS),
         ):
             if value not in allowed:
                 raise LmforgeError(f"config field {name}={value!r} is not one of {allowed}")
@@ -76,8 +84,20 @@ class ModelConfig:
                 "(in grouped-query attention each key/value head serves n_head/n_kv_head "
                 "query heads)"
             )
+        if self.type_vocab_size < 0:
+            raise LmforgeError(f"config field type_vocab_size must be >= 0 (0: no token types), "
+                               f"got {self.type_vocab_size}")
         if self.position == "rope" and self.head_dim % 2:
             raise LmforgeError(f"RoPE needs an even head_dim, got {self.head_dim}")
+
+    @property
+    def causal(self) -> bool:
+        """Whether a position attends only to itself and earlier ones (every family but encoder)."""
+        return self.family != "encoder"
+
+    @property
+    def post_norm(self) -> bool:
+        return self.norm_position == "post"
 
     @property
     def gated(self) -> bool:

@@ -31,6 +31,7 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.objectives.causal_lm import causal_lm_loss
 from lmforge.tokenizers import load_tokenizer
+from lmforge.train import distributed
 from lmforge.train import state as ckpt
 from lmforge.train.config import RunConfig, TrainSettings
 from lmforge.train.metrics import MetricsLog
@@ -112,6 +113,15 @@ def layer_grad_norms(model: Transformer) -> dict[str, float]:
 def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
           progress: bool = True) -> Path:
     """Train, writing the run directory; `stop_after` pauses after that step (resumable)."""
+    world = distributed.setup()
+    try:
+        return _train(run, resume, stop_after, progress and world.main, world)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
+           world: distributed.World) -> Path:
     t = run.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -125,6 +135,7 @@ def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
     torch.manual_seed(t.seed)
     model = build(run, meta["vocab_size"])
     optimizer = make_optimizer(model, t)
+    rows = world.rows(t.batch_size)
     gen = torch.Generator().manual_seed(t.seed)
     step, best = 0, float("inf")
     if resume:
@@ -137,8 +148,11 @@ def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
         gen.set_state(saved["batch_rng"])
         torch.set_rng_state(saved["torch_rng"])
         step, best = saved["step"], saved["best_val"]
-    atomic_write_text(run_dir / "run_config.json", json.dumps(run.to_dict(), indent=2) + "\n")
-    log = MetricsLog(run_dir, step if resume else None)
+    ddp = distributed.wrap(model, world)
+    if world.main:
+        atomic_write_text(run_dir / "run_config.json",
+                          json.dumps(run.to_dict(), indent=2) + "\n")
+    log = MetricsLog(run_dir, step if resume else None) if world.main else None
     sample = val_tokens if val_tokens is not None else train_tokens
     sample = np.asarray(sample[:100_000])
     bytes_per_token = len(tokenizer.decode(sample.tolist()).encode("utf-8")) / len(sample)
@@ -156,14 +170,16 @@ def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
         for _ in range(t.grad_accum):
             x, y = get_batch(train_tokens, t.batch_size, t.block_size, gen)
             with torch.autocast("cpu", torch.bfloat16, enabled=t.dtype == "bf16"):
-                loss = causal_lm_loss(model(x), y) / t.grad_accum
+                loss = causal_lm_loss(ddp(x[rows]), y[rows]) / t.grad_accum
             loss.backward()
             total += loss.item()
+        total = world.mean(total)
         step += 1
         if not math.isfinite(total):
             nonfinite += 1
             optimizer.zero_grad(set_to_none=True)
-            log.log({"step": step, "skipped": "non-finite loss"})
+            if log:
+                log.log({"step": step, "skipped": "non-finite loss"})
             if nonfinite >= MAX_NONFINITE:
                 raise LmforgeError(f"{MAX_NONFINITE} non-finite losses in a row at step {step};"
                                    " lower train.lr or use train.dtype = \"fp32\"")
@@ -177,11 +193,11 @@ def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
         rate = tokens_per_step / (time.perf_counter() - t0)
         bar.update(1)
         bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{rate:,.0f}")
-        if norms is not None:
+        if norms is not None and log:
             log.log({"step": step, "loss": total, "lr": lr, "grad_norm": grad_norm,
                      "tokens_per_s": rate, "tokens_seen": step * tokens_per_step,
                      "layer_grad_norms": norms})
-        if step % t.eval_every == 0 or step == t.max_steps or step == last:
+        if log and (step % t.eval_every == 0 or step == t.max_steps or step == last):
             row = evaluate(model, val_tokens if val_tokens is not None else train_tokens, t,
                            step, bytes_per_token)
             log.log(row)
@@ -194,5 +210,7 @@ def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
             log.plot(run_dir / "loss.png")
             bar.write(f"step {step}: val loss {row['val_loss']:.4f}, "
                       f"{row['val_bits_per_byte']:.3f} bits/byte")
+        if step % t.eval_every == 0 or step == last:
+            world.barrier()
     bar.close()
     return run_dir

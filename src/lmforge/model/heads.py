@@ -1,0 +1,33 @@
+"""Heads that read a Transformer's final hidden states (`Transformer.hidden`).
+
+- Mean pooling (Reimers & Gurevych, 2019, "Sentence-BERT"): the sentence vector is the mean
+  of its token vectors, padding excluded: u = Σ_t m_t·h_t / Σ_t m_t, with m the attention
+  mask. all-MiniLM-L6-v2 and most sentence-transformers models are trained with it.
+- CLS pooling (Devlin et al., 2019, "BERT"): the vector of the first token, [CLS].
+- L2 normalisation, u / max(‖u‖₂, ε), makes the dot product of two embeddings their cosine.
+
+The LM head is `Transformer.forward`; the MLM (transform + decoder bias) and NSP heads of
+BERT pre-training come with the masked-LM objective.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, d) and (B, T) of 1/0 → (B, d), the mean over each row's real tokens, in fp32."""
+    m = attention_mask.to(torch.float32).unsqueeze(-1)  # (B, T, 1)
+    # clamp: a row of padding only gives a zero vector, not NaN (as sentence-transformers)
+    return (hidden.float() * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+
+
+def cls_pool(hidden: torch.Tensor) -> torch.Tensor:
+    """(B, T, d) → (B, d): the first position's vector ([CLS] in BERT), in fp32."""
+    return hidden[:, 0].float()
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """x / max(‖x‖₂, eps) along the last dimension (torch.nn.functional.normalize)."""
+    return F.normalize(x, p=2, dim=-1, eps=eps)
