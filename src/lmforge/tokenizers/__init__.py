@@ -4,6 +4,7 @@
                   tokens (`added.py`), then the subword algorithm on the text between
 - `bpe.py`        byte-level BPE (GPT-2 style), from GGUF metadata or a `tokenizer.json`
 - `pretokenize.py` the regex pre-tokenizers, keyed by GGUF `tokenizer.ggml.pre`
+- `wordpiece.py`  BERT's WordPiece, from a `vocab.txt` or a `tokenizer.json`
 - `char.py`       a character-level tokenizer with its own versioned save file
 - `chat.py`       chat templates (jinja2) with content that can never become a special token
 - `hf_files.py`   the Hugging Face `tokenizer.json` / `tokenizer_config.json` files
@@ -19,17 +20,24 @@ from lmforge.tokenizers.base import SpecialTokens, Tokenizer
 from lmforge.tokenizers.bpe import BPETokenizer
 from lmforge.tokenizers.char import CharTokenizer
 from lmforge.tokenizers.chat import encode_chat, render_chat
+from lmforge.tokenizers.wordpiece import WordPieceTokenizer
 
-__all__ = ["BPETokenizer", "CharTokenizer", "SpecialTokens", "Tokenizer", "encode_chat",
-           "load_tokenizer", "render_chat"]
+__all__ = ["BPETokenizer", "CharTokenizer", "SpecialTokens", "Tokenizer", "WordPieceTokenizer",
+           "encode_chat", "load_tokenizer", "render_chat"]
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """The tokenizer saved in `directory`: lmforge's own file if present, else tokenizer.json."""
+    """The tokenizer saved in `directory`: lmforge's own file if present, else tokenizer.json
+    (its model type picks the class), else a WordPiece vocab.txt."""
     d = Path(directory)
     if (d / char.FILENAME).is_file():
         return CharTokenizer.load(d)
     if (d / "tokenizer.json").is_file():
-        return BPETokenizer.from_tokenizer_json(*hf_files.read_dir(d))
-    raise LmforgeError(f"{d} holds no tokenizer (neither {char.FILENAME} nor tokenizer.json); "
-                       "point to a tokenizer or checkpoint directory")
+        obj, config = hf_files.read_dir(d)
+        if obj.get("model", {}).get("type") == "WordPiece":
+            return WordPieceTokenizer.from_tokenizer_json(obj, config)
+        return BPETokenizer.from_tokenizer_json(obj, config)
+    if (d / "vocab.txt").is_file():
+        return WordPieceTokenizer.from_vocab_dir(d)
+    raise LmforgeError(f"{d} holds no tokenizer (none of {char.FILENAME}, tokenizer.json, "
+                       "vocab.txt); point to a tokenizer or checkpoint directory")
