@@ -139,9 +139,14 @@ def test_pickle_weights_are_refused_without_unpickling(tmp_path: Path, monkeypat
 
 
 def test_unsupported_hf_architectures_and_rope_scaling(tmp_path: Path) -> None:
-    with pytest.raises(LmforgeError, match="architecture 'BertModel' is not supported; "
-                                           "supported: LlamaForCausalLM, MistralForCausalLM"):
-        load_weights("minilm")
+    gpt2 = tmp_path / "gpt2"
+    save_hf(tiny_config(), random_state_dict(tiny_config()), None, gpt2)
+    cfg = json.loads((gpt2 / "config.json").read_text())
+    (gpt2 / "config.json").write_text(json.dumps({**cfg, "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(LmforgeError, match="architecture 'GPT2LMHeadModel' is not supported; "
+                                           "supported: LlamaForCausalLM, MistralForCausalLM, "
+                                           "BertModel"):
+        load_weights(gpt2)
     save_hf(tiny_config(), random_state_dict(tiny_config()), None, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}

@@ -47,6 +47,12 @@ class LoadedModel:
 
     @cached_property
     def engine(self) -> Engine:
+        """The generation engine; encoders have none (their outputs are not next tokens)."""
+        if not self.config.causal:
+            raise LmforgeError(
+                f"{self.name} is an encoder (family {self.config.family!r}): encoders do not "
+                "generate text yet ([MASK] filling comes with issue #4); for sentence "
+                "embeddings use lmforge.embed.embed(lm, texts)")
         return Engine(self.model, self.tokenizer)
 
 

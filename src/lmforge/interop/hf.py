@@ -69,10 +69,14 @@ def _rope_theta(hf: dict, where: str) -> float:
 
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     """ModelConfig from a Hugging Face Llama/Mistral config.json dict."""
+    from lmforge.interop.bert import ARCHITECTURES as BERT  # bert.py imports this module
+
     archs = hf.get("architectures") or []
     if not archs or archs[0] not in SUPPORTED_ARCHITECTURES:
         raise LmforgeError(f"{where}: architecture {archs[0] if archs else None!r} is not "
-                           f"supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+                           f"supported; supported: {', '.join(SUPPORTED_ARCHITECTURES + BERT)}"
+                           + (" (read by lmforge.interop.bert.load_bert)"
+                              if archs and archs[0] in BERT else ""))
     if hf.get("hidden_act", "silu") != "silu":
         raise LmforgeError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported "
                            "for Llama models (expected 'silu')")

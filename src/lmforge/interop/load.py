@@ -5,7 +5,7 @@ The kind is read from the content, never from a name or suffix:
     a built-in name (registry.py)                  → where its package keeps it
     a file starting with the bytes "GGUF"          → gguf
     a directory whose config.json has "format"     → lmforge checkpoint
-    … has "architectures" and no "format"          → hf
+    … has "architectures" and no "format"          → hf (Llama/Mistral: hf.py, BERT: bert.py)
     a directory with best/ or checkpoints/step-N/  → lmforge (best/, else the latest step)
 
 `load_weights` returns float32 tensors under our names; building the model and choosing its
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.interop import checkpoint, registry
+from lmforge.interop import bert, checkpoint, registry
 from lmforge.interop.gguf import load_gguf
 from lmforge.interop.gguf_file import MAGIC
 from lmforge.interop.hf import load_hf, read_json
@@ -93,7 +93,8 @@ def load_weights(spec: str | Path
             else None
         return config, state_dict, tokenizer, meta
     if src.kind == "hf":
-        config, state_dict, meta = load_hf(src.path)
+        is_bert = bert.is_bert(read_json(src.path / "config.json"))
+        config, state_dict, meta = (bert.load_bert if is_bert else load_hf)(src.path)
         has_tokenizer = (src.path / "tokenizer.json").is_file()
         return config, state_dict, load_tokenizer(src.path) if has_tokenizer else None, meta
     config, state_dict, tokenizer = checkpoint.load_checkpoint(src.path)
