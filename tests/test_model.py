@@ -146,3 +146,22 @@ def test_config_round_trips_through_json(tmp_path):
     data = json.loads((tmp_path / "config.json").read_text())
     assert ModelConfig.from_dict(data) == config
     assert config.n_params() == sum(p.numel() for p in Transformer(config).parameters()) > 0
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gradients_equal_f_linear(bias):
+    """Our fp32 linear (oneDNN forward and backward) against F.linear, with autograd."""
+    import torch.nn.functional as F
+
+    from lmforge.model.linear import linear
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 16, generator=gen, requires_grad=True)
+    w = torch.randn(24, 16, generator=gen, requires_grad=True)
+    b = torch.randn(24, generator=gen, requires_grad=True) if bias else None
+    g = torch.randn(3, 5, 24, generator=gen)
+    params = [p for p in (x, w, b) if p is not None]
+    ours = torch.autograd.grad(linear(x, w, b), params, g)
+    ref = torch.autograd.grad(F.linear(x, w, b), params, g)
+    for a, r in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
