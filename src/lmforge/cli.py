@@ -211,6 +211,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run directory: {run_dir} (metrics.jsonl, loss.png, checkpoints/, best/)")
 
 
+def cmd_masks(args: argparse.Namespace) -> None:
+    from lmforge.model.masks import draw, family_masks, grid
+
+    if args.family == "prefix" and not 0 < args.prefix <= args.len:
+        raise LmforgeError(f"--prefix must be between 1 and --len ({args.len}) for the prefix "
+                           "family")
+    masks = family_masks(args.family, args.len, args.prefix)
+    for name, mask in masks.items():
+        print(f"{name}  (rows: queries, columns: keys; x = visible)\n{grid(mask)}\n")
+    if args.png:
+        draw(masks, args.png)
+        print(f"wrote {args.png}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                    help="pause after this step (checkpointed; continue with --resume)")
     t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("masks", help="print and draw the attention masks of a family")
+    m.add_argument("--family", required=True,
+                   choices=["decoder", "prefix", "encoder", "encoder_decoder"])
+    m.add_argument("--len", type=int, default=8, help="sequence length")
+    m.add_argument("--prefix", type=int, default=0, help="prefix length (prefix family)")
+    m.add_argument("--png", default=None, help="also draw the masks into this PNG")
+    m.set_defaults(func=cmd_masks)
 
     v = sub.add_parser("convert", help="convert a model to a Hugging Face or lmforge directory")
     v.add_argument("--model", required=True, help=BUILTIN_HELP)

@@ -33,6 +33,57 @@ def causal_mask(T: int, device: torch.device | None = None) -> torch.Tensor:
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
+def prefix_mask(T: int, prefix: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean (T, T) of a prefix decoder (UniLM, GLM): the first `prefix` tokens see each
+    other bidirectionally; every later token sees the whole prefix and the tokens before it.
+    visible(i, j) = j ≤ i or j < prefix."""
+    mask = causal_mask(T, device)
+    mask[:, :prefix] = True
+    return mask
+
+
+def family_masks(family: str, T: int, prefix: int = 0, source_len: int | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """The attention masks of one family, by name (the encoder-decoder has three)."""
+    S = source_len or T
+    if family == "decoder":
+        return {"self-attention (causal)": causal_mask(T)}
+    if family == "prefix":
+        return {f"self-attention (prefix of {prefix})": prefix_mask(T, prefix)}
+    if family == "encoder":
+        return {"self-attention (bidirectional)": torch.ones(T, T, dtype=torch.bool)}
+    return {"encoder self-attention": torch.ones(S, S, dtype=torch.bool),
+            "decoder self-attention": causal_mask(T),
+            "cross-attention (decoder → encoder)": torch.ones(T, S, dtype=torch.bool)}
+
+
+def grid(mask: torch.Tensor) -> str:
+    """The mask as text: one row per query, `x` where a key is visible."""
+    return "\n".join(" ".join("x" if v else "." for v in row.tolist()) for row in mask)
+
+
+def draw(masks: dict[str, torch.Tensor], path: str) -> None:
+    """The masks side by side as a PNG (rows: queries, columns: keys)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmforge.io import atomic_write
+
+    fig, axes = plt.subplots(1, len(masks), figsize=(3.2 * len(masks), 3.4), squeeze=False)
+    for ax, (name, mask) in zip(axes[0], masks.items(), strict=True):
+        ax.imshow(mask.float().numpy(), cmap="Blues", vmin=0, vmax=1.25)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("key position j")
+        ax.set_ylabel("query position i")
+        ax.set_xticks(range(mask.shape[1]))
+        ax.set_yticks(range(mask.shape[0]))
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
 class NoCache:
     """A `KVStore` that stores nothing: this pass's keys and values are all there are.
 
