@@ -31,3 +31,29 @@ def test_masks_command_prints_and_draws(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "x x x . . . . ." in out and png.read_bytes()[:4] == b"\x89PNG"
     assert main(["masks", "--family", "prefix", "--len", "4", "--prefix", "9"]) == 2
+
+
+def test_prefix_decoder_sees_its_prefix_both_ways():
+    """Changing a later target token leaves earlier target positions alone; changing a prefix
+    token changes every position. The causal decoder passes the mirror-image tests."""
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.transformer import Transformer
+
+    model = Transformer(ModelConfig(vocab_size=50, d_model=32, n_layer=2, n_head=4, d_ff=64,
+                                    family="prefix", max_seq_len=16))
+    model.init_weights(std=0.2, seed=0)
+    ids = torch.randint(0, 50, (1, 10), generator=torch.Generator().manual_seed(1))
+    prefix = torch.tensor([4])
+    with torch.inference_mode():
+        base = model(ids, prefix=prefix)
+        later = ids.clone()
+        later[0, 7] = (later[0, 7] + 1) % 50
+        moved = model(later, prefix=prefix)
+        assert torch.allclose(moved[0, :7], base[0, :7], atol=1e-6)
+        assert not torch.allclose(moved[0, 7:], base[0, 7:], atol=1e-4)
+        early = ids.clone()
+        early[0, 3] = (early[0, 3] + 1) % 50
+        changed = (model(early, prefix=prefix) - base).abs().amax(-1)[0]
+        assert (changed > 1e-4).all()  # positions 0-2 too: the prefix is bidirectional
+        causal = (model(early) - model(ids)).abs().amax(-1)[0]
+        assert (causal[:3] < 1e-6).all() and (causal[3:] > 1e-4).all()

@@ -90,10 +90,18 @@ class NoCache:
     mask None + causal: SDPA's own causal path (what attention does with no cache at all).
     """
 
-    def __init__(self, causal: bool, attention_mask: torch.Tensor | None = None) -> None:
+    def __init__(self, causal: bool, attention_mask: torch.Tensor | None = None,
+                 prefix: torch.Tensor | None = None, length: int = 0) -> None:
         self.causal = causal
         self.mask = None
-        if attention_mask is not None:
+        if prefix is not None:  # per-row prefix lengths (B,): a prefix decoder's pass
+            key = torch.arange(length, device=prefix.device)
+            visible = (key[None, None, :] <= key[None, :, None]) | (
+                key[None, None, :] < prefix[:, None, None])
+            self.mask = visible[:, None]  # (B, 1, T, T)
+            if attention_mask is not None:
+                self.mask = self.mask & padding_mask(attention_mask)
+        elif attention_mask is not None:
             mask = padding_mask(attention_mask)
             if causal:  # SDPA takes a mask or is_causal, not both: fold the triangle in
                 mask = mask & causal_mask(attention_mask.shape[1], mask.device)

@@ -52,22 +52,26 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, cache: KVStore | None = None,
                 keep: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Logits (B, T', vocab) in fp32: the LM head over `hidden` (same arguments)."""
         x = self.hidden(ids, embeds=embeds, positions=positions, cache=cache, keep=keep,
-                        token_types=token_types, attention_mask=attention_mask)
+                        token_types=token_types, attention_mask=attention_mask, prefix=prefix)
         return linear(x, self.head_weight()).float()
 
     def hidden(self, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
                positions: torch.Tensor | None = None, cache: KVStore | None = None,
                keep: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+               attention_mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """Final hidden states (B, T', d_model), in the model's dtype.
 
         ids (B, T) or embeds (B, T, d_model); positions (B, T), by default the cache's
         positions or 0…T−1; keep (B, K): the positions to compute (for example only the last
         one while prefilling), all when None; token_types (B, T): segment ids (0 when None);
-        attention_mask (B, T): 1 for tokens, 0 for right padding (passes without a cache).
+        attention_mask (B, T): 1 for tokens, 0 for right padding (passes without a cache);
+        prefix (B,): prefix lengths of a prefix decoder's rows (bidirectional inside the
+        prefix, causal after it; see `masks.prefix_mask`).
         """
         x = self.embed(ids) if embeds is None else embeds
         B, T, _ = x.shape
@@ -84,11 +88,12 @@ class Transformer(nn.Module):
         if self.config.post_norm:
             x = self.embed_norm(x)
         rope = self.rope(positions, x.dtype) if self.rope is not None else None
-        if cache is None and (attention_mask is not None or not self.config.causal):
-            cache = NoCache(self.config.causal, attention_mask)
-        elif attention_mask is not None:
-            raise LmforgeError("attention_mask is for passes without a cache; a KV cache "
-                               "carries its own mask for rows of different lengths")
+        if cache is None and (attention_mask is not None or prefix is not None
+                              or not self.config.causal):
+            cache = NoCache(self.config.causal, attention_mask, prefix, T)
+        elif attention_mask is not None or prefix is not None:
+            raise LmforgeError("attention_mask and prefix are for passes without a cache; a "
+                               "KV cache carries its own mask for rows of different lengths")
         last = len(self.layers) - 1
         for i, block in enumerate(self.layers):
             x = block(x, rope, cache, keep if i == last else None)
