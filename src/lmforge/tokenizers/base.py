@@ -132,3 +132,24 @@ class Tokenizer(ABC):
             raise LmforgeError(f"this tokenizer is set to add a {role.upper()} token but has "
                                f"none; set special.{role} or turn off special.add_{role}")
         return token_id
+
+
+class ListVocab:
+    """`vocab_size`, `id_to_token` and `token_to_id` for a tokenizer that keeps `tokens`
+    (id → string) and `_ids` (string → id); listed before `Tokenizer` in the bases."""
+
+    tokens: list[str]
+    _ids: dict[str, int]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def id_to_token(self, i: int) -> str:
+        if not 0 <= i < len(self.tokens):
+            raise LmforgeError(f"token id {i} is out of range for a vocabulary of "
+                               f"{len(self.tokens)} tokens")
+        return self.tokens[i]
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._ids.get(token)

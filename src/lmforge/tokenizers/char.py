@@ -23,14 +23,14 @@ from lmforge.errors import LmforgeError
 from lmforge.io import atomic_write_text
 from lmforge.tokenizers import hf_files
 from lmforge.tokenizers.added import AddedToken, AddedVocab
-from lmforge.tokenizers.base import SpecialTokens, Tokenizer
+from lmforge.tokenizers.base import ListVocab, SpecialTokens, Tokenizer
 
 FORMAT = "lmforge-char/1"
 FILENAME = "char_tokenizer.json"
 _ROLES = ("bos", "eos", "pad", "unk")
 
 
-class CharTokenizer(Tokenizer):
+class CharTokenizer(ListVocab, Tokenizer):
     def __init__(self, chars: Sequence[str], specials: Sequence[str] = (), *,
                  roles: dict[str, str] | None = None, add_bos: bool = False,
                  chat_template: str | None = None):
@@ -56,19 +56,6 @@ class CharTokenizer(Tokenizer):
         roles = {"bos": bos, "eos": eos, "pad": pad, "unk": unk}
         specials = list(dict.fromkeys(t for t in [*roles.values(), *extra_special] if t))
         return cls(sorted(set(text)), specials, roles=roles, chat_template=chat_template)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokens)
-
-    def id_to_token(self, i: int) -> str:
-        if not 0 <= i < len(self.tokens):
-            raise LmforgeError(f"token id {i} is out of range for a vocabulary of "
-                               f"{len(self.tokens)} tokens")
-        return self.tokens[i]
-
-    def token_to_id(self, token: str) -> int | None:
-        return self._ids.get(token)
 
     def _encode_ordinary(self, text: str) -> list[int]:
         ids = [self._ids.get(c, self.special.unk) for c in text]

@@ -45,7 +45,7 @@ from lmforge.errors import LmforgeError
 from lmforge.io import atomic_write_text
 from lmforge.tokenizers import hf_files
 from lmforge.tokenizers.added import AddedToken, AddedVocab
-from lmforge.tokenizers.base import SpecialTokens, Tokenizer
+from lmforge.tokenizers.base import ListVocab, SpecialTokens, Tokenizer
 
 _CACHE_LIMIT = 1 << 16  # words; cleared when full so a long-running server stays bounded
 # BERT's _is_chinese_char: the CJK Unified Ideographs blocks (not Hiragana, Katakana, Hangul)
@@ -91,7 +91,7 @@ def _unicode_patterns() -> tuple[re.Pattern, re.Pattern, re.Pattern, re.Pattern]
             re.compile(f"[{p}]|[^{p}]+"), re.compile(f"[{_char_class(marks)}]+"))
 
 
-class WordPieceTokenizer(Tokenizer):
+class WordPieceTokenizer(ListVocab, Tokenizer):
     """BERT's basic tokenizer + greedy longest-match-first WordPiece, with [CLS]/[SEP]."""
 
     def __init__(self, tokens: Sequence[str], *, unk_token: str = "[UNK]",
@@ -129,19 +129,6 @@ class WordPieceTokenizer(Tokenizer):
         self._cache: dict[str, tuple[int, ...]] = {}
         super().__init__(SpecialTokens(unk=role["unk"], pad=role["pad"]), AddedVocab(added),
                          chat_template)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokens)
-
-    def id_to_token(self, i: int) -> str:
-        if not 0 <= i < len(self.tokens):
-            raise LmforgeError(f"token id {i} is out of range for a vocabulary of "
-                               f"{len(self.tokens)} tokens")
-        return self.tokens[i]
-
-    def token_to_id(self, token: str) -> int | None:
-        return self._ids.get(token)
 
     # -- encoding ---------------------------------------------------------------------------
 
