@@ -28,6 +28,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf import read_json, weight_files
+from lmforge.interop.layout import check_state_dict
 from lmforge.interop.tensors import load_safetensors
 from lmforge.interop.threads import single_threaded
 from lmforge.model.config import ModelConfig
@@ -107,22 +108,8 @@ def state_dict_from_bert(config: ModelConfig, tensors: dict[str, torch.Tensor], 
     if extra:
         raise LmforgeError(f"{where} has tensors lmforge does not know how to use: {extra[:5]}"
                            f"{' …' if len(extra) > 5 else ''}; this BERT variant is not supported")
-    check_shapes(config, out, where)
+    check_state_dict(config, out, where)
     return out
-
-
-def check_shapes(config: ModelConfig, state_dict: dict[str, torch.Tensor], where: str) -> None:
-    """Raise LmforgeError unless `state_dict` has exactly the tensors a model of `config` has."""
-    from lmforge.model.transformer import Transformer
-
-    with torch.device("meta"):
-        want = {n: tuple(t.shape) for n, t in Transformer(config).state_dict().items()}
-    have = {n: tuple(t.shape) for n, t in state_dict.items()}
-    if have != want:
-        wrong = sorted(n for n in want.keys() | have.keys() if want.get(n) != have.get(n))
-        raise LmforgeError(f"{where}: tensors do not match the config: "
-                           + ", ".join(f"{n} {have.get(n)} (expected {want.get(n)})"
-                                       for n in wrong[:5]))
 
 
 @single_threaded()

@@ -69,14 +69,17 @@ def _rope_theta(hf: dict, where: str) -> float:
 
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     """ModelConfig from a Hugging Face Llama/Mistral config.json dict."""
-    from lmforge.interop.bert import ARCHITECTURES as BERT  # bert.py imports this module
+    # bert.py and gpt2.py import this module, so their names are imported here
+    from lmforge.interop.bert import ARCHITECTURES as BERT
+    from lmforge.interop.gpt2 import ARCHITECTURES as GPT2
 
     archs = hf.get("architectures") or []
     if not archs or archs[0] not in SUPPORTED_ARCHITECTURES:
+        others = BERT + GPT2
         raise LmforgeError(f"{where}: architecture {archs[0] if archs else None!r} is not "
-                           f"supported; supported: {', '.join(SUPPORTED_ARCHITECTURES + BERT)}"
-                           + (" (read by lmforge.interop.bert.load_bert)"
-                              if archs and archs[0] in BERT else ""))
+                           f"supported; supported: {', '.join(SUPPORTED_ARCHITECTURES + others)}"
+                           + (" (read through lmforge.interop.load.load_weights)"
+                              if archs and archs[0] in others else ""))
     if hf.get("hidden_act", "silu") != "silu":
         raise LmforgeError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported "
                            "for Llama models (expected 'silu')")

@@ -131,22 +131,12 @@ def split(config: ModelConfig, state_dict: Mapping[str, torch.Tensor]) -> dict[s
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name → shape of every tensor in our state dict for `config` (Llama-style layers)."""
-    c = config
-    shapes = {"embed.weight": (c.vocab_size, c.d_model), "norm.weight": (c.d_model,)}
-    if not c.tie_embeddings:
-        shapes["lm_head.weight"] = (c.vocab_size, c.d_model)
-    for i in range(c.n_layer):
-        for ours, pieces in _modules(c):
-            rows = sum(_rows(c, p) for p in pieces)
-            if pieces[0] not in LINEAR_PARTS:  # a norm gain
-                shapes[f"layers.{i}.{ours}.weight"] = (rows,)
-                continue
-            cols = {"o": c.n_head * c.head_dim, "down": c.d_ff}.get(pieces[0], c.d_model)
-            shapes[f"layers.{i}.{ours}.weight"] = (rows, cols)
-            if c.bias:
-                shapes[f"layers.{i}.{ours}.bias"] = (rows,)
-    return shapes
+    """Name → shape of every tensor in our state dict for `config`, from a weightless model
+    (so every family and component choice is covered by the model code itself)."""
+    from lmforge.model.transformer import Transformer
+
+    with torch.device("meta"):
+        return {n: tuple(t.shape) for n, t in Transformer(config).state_dict().items()}
 
 
 def check_state_dict(config: ModelConfig, state_dict: Mapping[str, torch.Tensor], where: str

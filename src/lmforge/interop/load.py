@@ -5,7 +5,8 @@ The kind is read from the content, never from a name or suffix:
     a built-in name (registry.py)                  → where its package keeps it
     a file starting with the bytes "GGUF"          → gguf
     a directory whose config.json has "format"     → lmforge checkpoint
-    … has "architectures" and no "format"          → hf (Llama/Mistral: hf.py, BERT: bert.py)
+    … has "architectures" and no "format"          → hf (Llama/Mistral: hf.py, BERT: bert.py,
+                                                     GPT-2: gpt2.py)
     a directory with best/ or checkpoints/step-N/  → lmforge (best/, else the latest step)
 
 `load_weights` returns float32 tensors under our names; building the model and choosing its
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.interop import bert, checkpoint, registry
+from lmforge.interop import bert, checkpoint, gpt2, registry
 from lmforge.interop.gguf import load_gguf
 from lmforge.interop.gguf_file import MAGIC
 from lmforge.interop.hf import load_hf, read_json
@@ -80,6 +81,10 @@ def resolve_model(spec: str | Path) -> ModelSource:
     return ModelSource("gguf", path, name)
 
 
+# Hugging Face architectures with their own converter; everything else is read as Llama
+HF_LOADERS = ((bert.is_bert, bert.load_bert), (gpt2.is_gpt2, gpt2.load_gpt2))
+
+
 def load_weights(spec: str | Path
                  ) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None, dict]:
     """(config, float32 state dict, tokenizer or None, metadata) of any model source.
@@ -93,8 +98,9 @@ def load_weights(spec: str | Path
             else None
         return config, state_dict, tokenizer, meta
     if src.kind == "hf":
-        is_bert = bert.is_bert(read_json(src.path / "config.json"))
-        config, state_dict, meta = (bert.load_bert if is_bert else load_hf)(src.path)
+        hf = read_json(src.path / "config.json")
+        loader = next((load for is_kind, load in HF_LOADERS if is_kind(hf)), load_hf)
+        config, state_dict, meta = loader(src.path)
         has_tokenizer = (src.path / "tokenizer.json").is_file()
         return config, state_dict, load_tokenizer(src.path) if has_tokenizer else None, meta
     config, state_dict, tokenizer = checkpoint.load_checkpoint(src.path)
