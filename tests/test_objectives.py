@@ -45,3 +45,43 @@ def test_masked_lm_loss_ignores_unchosen_positions():
     labels = torch.tensor([[IGNORE, 3, IGNORE, 5]])
     expected = F.cross_entropy(logits[0, [1, 3]], torch.tensor([3, 5]))
     torch.testing.assert_close(masked_lm_loss(logits, labels), expected)
+
+
+def test_span_corruption_round_trips_and_drops_about_15_percent():
+    from lmforge.objectives.span_corruption import span_corrupt
+
+    gen = torch.Generator().manual_seed(0)
+    sentinels = list(range(1000, 1100))
+    dropped = 0
+    for length in (10, 57, 200, 512):
+        ids = torch.randint(0, 900, (length,), generator=gen).tolist()
+        inputs, targets = span_corrupt(ids, sentinels, gen)
+        spans = [s for s in inputs if s >= 1000]
+        assert spans == sentinels[: len(spans)] == [t for t in targets if t >= 1000]
+        # putting each target span back at its sentinel restores the original
+        pieces, restored = {}, []
+        for t in targets:
+            if t >= 1000:
+                current = pieces.setdefault(t, [])
+            else:
+                current.append(t)
+        for s in inputs:
+            restored += pieces[s] if s >= 1000 else [s]
+        assert restored == ids
+        dropped += len(targets) - len(spans)
+        if length == 512:
+            assert abs((len(targets) - len(spans)) / length - 0.15) < 0.01
+            assert 20 <= len(spans) <= 30  # about 77 noise tokens / mean span 3
+
+
+def test_span_corruption_edge_cases():
+    import pytest
+
+    from lmforge.errors import LmforgeError
+    from lmforge.objectives.span_corruption import span_corrupt
+
+    gen = torch.Generator().manual_seed(0)
+    inputs, targets = span_corrupt([5, 6], [100, 101], gen, noise=0.9, mean_span=0.5)
+    assert len(inputs) == 2 and len(targets) == 2  # one kept token, one dropped
+    with pytest.raises(LmforgeError, match="at least 2"):
+        span_corrupt([5], [100], gen)
