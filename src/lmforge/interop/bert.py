@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.interop.hf import read_json, weight_files
-from lmforge.interop.layout import check_state_dict
-from lmforge.interop.tensors import load_safetensors
+from lmforge.interop.hf import load_converted
+from lmforge.interop.layout import TensorSource
 from lmforge.interop.threads import single_threaded
 from lmforge.model.config import ModelConfig
 
@@ -58,6 +57,9 @@ def is_bert(hf: dict) -> bool:
 
 def config_from_bert(hf: dict, where: str = "config.json") -> ModelConfig:
     """ModelConfig from a Hugging Face BERT config.json dict."""
+    if not is_bert(hf):
+        raise LmforgeError(f"{where}: not a BERT model (architectures "
+                           f"{hf.get('architectures')}); supported: {', '.join(ARCHITECTURES)}")
     act = hf.get("hidden_act", "gelu")
     if act not in ACTIVATIONS:
         raise LmforgeError(f"{where}: hidden_act {act!r} is not supported for BERT models; "
@@ -84,15 +86,8 @@ def state_dict_from_bert(config: ModelConfig, tensors: dict[str, torch.Tensor], 
                          ) -> dict[str, torch.Tensor]:
     """Our state dict from BERT tensors (renaming and fusing only: no arithmetic)."""
     prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
-    used: set[str] = set()
-
-    def take(name: str) -> torch.Tensor:
-        if prefix + name not in tensors:
-            raise LmforgeError(f"{where} has no tensor {prefix + name!r}, which a BERT model "
-                               f"with {config.n_layer} layers needs; the file is incomplete")
-        used.add(prefix + name)
-        return tensors[prefix + name]
-
+    source = TensorSource(tensors, prefix, where, "BERT")
+    take = source.take
     out = {}
     for ours, theirs in GLOBAL_NAMES.items():
         for suffix in ("weight", "bias") if ours == "embed_norm" else ("weight",):
@@ -103,23 +98,10 @@ def state_dict_from_bert(config: ModelConfig, tensors: dict[str, torch.Tensor], 
                 pieces = [take(f"encoder.layer.{i}.{s}.{suffix}") for s in sources]
                 out[f"layers.{i}.{ours}.{suffix}"] = torch.cat(pieces) if len(pieces) > 1 \
                     else pieces[0]
-    extra = sorted(n for n in tensors
-                   if n not in used and not n.removeprefix(prefix).startswith(IGNORED))
-    if extra:
-        raise LmforgeError(f"{where} has tensors lmforge does not know how to use: {extra[:5]}"
-                           f"{' …' if len(extra) > 5 else ''}; this BERT variant is not supported")
-    check_state_dict(config, out, where)
-    return out
+    return source.finish(config, out, lambda name: name.startswith(IGNORED))
 
 
 @single_threaded()
 def load_bert(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     """(config, our float32 state dict, the raw config.json dict) of a HF BERT directory."""
-    d = Path(directory)
-    hf = read_json(d / "config.json")
-    if not is_bert(hf):
-        raise LmforgeError(f"{d / 'config.json'}: not a BERT model (architectures "
-                           f"{hf.get('architectures')}); supported: {', '.join(ARCHITECTURES)}")
-    config = config_from_bert(hf, str(d / "config.json"))
-    tensors = load_safetensors(weight_files(d))
-    return config, state_dict_from_bert(config, tensors, str(d)), hf
+    return load_converted(directory, config_from_bert, state_dict_from_bert)

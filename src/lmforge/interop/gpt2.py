@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.interop.hf import read_json, weight_files
-from lmforge.interop.layout import check_state_dict
-from lmforge.interop.tensors import load_safetensors
+from lmforge.interop.hf import load_converted
+from lmforge.interop.layout import TensorSource
 from lmforge.interop.threads import single_threaded
 from lmforge.model.config import ModelConfig
 
@@ -67,15 +66,8 @@ def state_dict_from_gpt2(config: ModelConfig, tensors: dict[str, torch.Tensor], 
                          ) -> dict[str, torch.Tensor]:
     """Our state dict from GPT-2 tensors (renaming and transposing only)."""
     prefix = "transformer." if "transformer.wte.weight" in tensors else ""
-    used: set[str] = set()
-
-    def take(name: str) -> torch.Tensor:
-        if prefix + name not in tensors:
-            raise LmforgeError(f"{where} has no tensor {prefix + name!r}, which a GPT-2 model "
-                               f"with {config.n_layer} layers needs; the file is incomplete")
-        used.add(prefix + name)
-        return tensors[prefix + name]
-
+    source = TensorSource(tensors, prefix, where, "GPT-2")
+    take = source.take
     out = {"embed.weight": take("wte.weight"), "abs_position.table.weight": take("wpe.weight"),
            "norm.weight": take("ln_f.weight"), "norm.bias": take("ln_f.bias")}
     for i in range(config.n_layer):
@@ -83,21 +75,11 @@ def state_dict_from_gpt2(config: ModelConfig, tensors: dict[str, torch.Tensor], 
             weight = take(f"h.{i}.{theirs}.weight")
             out[f"layers.{i}.{ours}.weight"] = weight.t().contiguous() if conv else weight
             out[f"layers.{i}.{ours}.bias"] = take(f"h.{i}.{theirs}.bias")
-    extra = sorted(n for n in tensors if n not in used and n != "lm_head.weight"
-                   and not n.endswith(IGNORED_SUFFIXES))
-    if extra:
-        raise LmforgeError(f"{where} has tensors lmforge does not know how to use: {extra[:5]}"
-                           f"{' …' if len(extra) > 5 else ''}; this GPT-2 variant is not "
-                           "supported")
-    check_state_dict(config, out, where)
-    return out
+    return source.finish(config, out, lambda name: name == "lm_head.weight"
+                         or name.endswith(IGNORED_SUFFIXES))
 
 
 @single_threaded()
 def load_gpt2(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     """(config, our float32 state dict, the raw config.json dict) of a HF GPT-2 directory."""
-    d = Path(directory)
-    hf = read_json(d / "config.json")
-    config = config_from_gpt2(hf, str(d / "config.json"))
-    tensors = load_safetensors(weight_files(d))
-    return config, state_dict_from_gpt2(config, tensors, str(d)), hf
+    return load_converted(directory, config_from_gpt2, state_dict_from_gpt2)

@@ -18,6 +18,7 @@ lmforge uses, so the weights map by name only:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -186,3 +187,15 @@ def save_hf(config: ModelConfig, state_dict: dict[str, torch.Tensor],
                       json.dumps(_generation_config(tokenizer), indent=2) + "\n")
     # config.json last: its presence is what marks the directory as a model
     atomic_write_text(out / "config.json", json.dumps(hf, indent=2) + "\n")
+
+
+def load_converted(directory: str | Path, config_from: Callable[[dict, str], ModelConfig],
+                   state_dict_from: Callable[[ModelConfig, dict, str], dict]
+                   ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """(config, our float32 state dict, the raw config.json dict) of a HF directory whose
+    architecture has its own converter (BERT, GPT-2)."""
+    d = Path(directory)
+    hf = read_json(d / "config.json")
+    config = config_from(hf, str(d / "config.json"))
+    tensors = load_safetensors(weight_files(d))
+    return config, state_dict_from(config, tensors, str(d)), hf

@@ -13,7 +13,7 @@ template (`"q": "model.layers.{i}.self_attn.q_proj"`), used by `gather` (theirs 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -151,3 +151,33 @@ def check_state_dict(config: ModelConfig, state_dict: Mapping[str, torch.Tensor]
         if names:
             raise LmforgeError(f"{where} {problem} {names[:5]}"
                                f"{' …' if len(names) > 5 else ''}; it does not match its config")
+
+
+class TensorSource:
+    """A checkpoint's tensors, read by a converter through `take`; `finish` then refuses any
+    tensor no converter used, so an unknown variant is an error, never silently dropped."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], prefix: str, where: str,
+                 model: str) -> None:
+        self.tensors, self.prefix, self.where, self.model = tensors, prefix, where, model
+        self.used: set[str] = set()
+
+    def take(self, name: str) -> torch.Tensor:
+        full = self.prefix + name
+        if full not in self.tensors:
+            raise LmforgeError(f"{self.where} has no tensor {full!r}, which this {self.model} "
+                               "model needs; the file is incomplete")
+        self.used.add(full)
+        return self.tensors[full]
+
+    def finish(self, config: ModelConfig, out: dict[str, torch.Tensor],
+               ignored: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+        """Check that every tensor was used (or is `ignored`) and `out` fits `config`."""
+        extra = sorted(n for n in self.tensors
+                       if n not in self.used and not ignored(n.removeprefix(self.prefix)))
+        if extra:
+            raise LmforgeError(f"{self.where} has tensors lmforge does not know how to use: "
+                               f"{extra[:5]}{' …' if len(extra) > 5 else ''}; this "
+                               f"{self.model} variant is not supported")
+        check_state_dict(config, out, self.where)
+        return out
