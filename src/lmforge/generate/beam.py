@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.generate.config import GenerationConfig
-from lmforge.generate.engine import Timing, cache_for, decode_step, prefill
+from lmforge.generate.engine import (
+    Timing,
+    cache_for,
+    decode_step,
+    prefill,
+    rows_of,
+    source_memory,
+)
 from lmforge.generate.processors import DecodeState, build_processors, process
 from lmforge.model.transformer import Transformer
 
@@ -39,14 +46,18 @@ def beam_search(model: Transformer, prompt: list[int], config: GenerationConfig,
                 stop_ids: list[int], timing: Timing) -> list[Hypothesis]:
     """The config.n best answers to one prompt, best first."""
     nb = config.num_beams
-    cache = cache_for(model, nb, len(prompt), config.max_tokens)
     t0 = time.perf_counter()
+    timing.prompt_tokens += len(prompt)
+    memory = source_memory(model, [prompt], nb)  # encoder-decoder: the prompt is the source
+    if memory is not None:
+        prompt = [model.config.decoder_start_id]
+    cache = cache_for(model, nb, len(prompt), config.max_tokens)
     slots = [cache.allocate() for _ in range(nb)]
-    logits = prefill(model, cache, slots[0], prompt)[None].expand(nb, -1)
+    logits = prefill(model, cache, slots[0], prompt, rows_of(memory, slots[:1]))[None]
+    logits = logits.expand(nb, -1)
     for s in slots[1:]:
         cache.copy(slots[0], s)
     timing.prefill_s += time.perf_counter() - t0
-    timing.prompt_tokens += len(prompt)
     t0 = time.perf_counter()
     chain = build_processors(config, logits.shape[-1], stop_ids)
     state = DecodeState.start([prompt] * nb, logits.shape[-1])
@@ -86,7 +97,7 @@ def beam_search(model: Transformer, prompt: list[int], config: GenerationConfig,
         state = state.select(sources)
         state.append(tokens)
         scores = torch.tensor(new_scores)
-        logits = decode_step(model, cache, slots, tokens)
+        logits = decode_step(model, cache, slots, tokens, memory)
         timing.generated_tokens += nb
     timing.decode_s += time.perf_counter() - t0
     return sorted(finished, key=lambda h: -h.score)[: config.n]

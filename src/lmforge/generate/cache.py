@@ -74,16 +74,19 @@ class KVCache:
         for slot, j in zip(slots, sources, strict=True):
             self.lengths[slot] = lengths[j]
 
-    def step(self, slots: list[int], n_new: list[int] | None = None, width: int = 1) -> CacheStep:
+    def step(self, slots: list[int], n_new: list[int] | None = None, width: int = 1,
+             bidirectional: bool = False) -> CacheStep:
         """Reserve positions for one forward pass over `slots` with `width` tokens per row,
-        of which the first n_new[b] are real (the rest is right padding)."""
-        return CacheStep(self, slots, n_new or [width] * len(slots), width)
+        of which the first n_new[b] are real (the rest is right padding). `bidirectional`:
+        the new tokens also see each other's later positions (a prefix decoder's prompt)."""
+        return CacheStep(self, slots, n_new or [width] * len(slots), width, bidirectional)
 
 
 class CacheStep:
     """One forward pass's view of the cache; advances the slots' lengths when built."""
 
-    def __init__(self, cache: KVCache, slots: list[int], n_new: list[int], width: int) -> None:
+    def __init__(self, cache: KVCache, slots: list[int], n_new: list[int], width: int,
+                 bidirectional: bool = False) -> None:
         if len(set(slots)) != len(slots):
             raise LmforgeError(f"a slot appears twice in one batch: {slots}")
         starts = [cache.lengths[s] for s in slots]
@@ -104,7 +107,11 @@ class CacheStep:
         self.uniform_start = starts[0] if len(set(starts)) == 1 else None
         self.causal = False
         self.mask = None
-        if width > 1 and self.uniform_start == 0 and self.length == width:
+        if bidirectional:  # every query sees every real key of its row, before or after
+            ends = start + torch.tensor(n_new, device=device)
+            key = torch.arange(self.length, device=device)
+            self.mask = (key < ends[:, None])[:, None, None, :]  # (B, 1, 1, L)
+        elif width > 1 and self.uniform_start == 0 and self.length == width:
             self.causal = True  # a plain causal prefill: SDPA's own mask, no tensor
         elif width > 1 or self.uniform_start is None:
             key = torch.arange(self.length, device=device)

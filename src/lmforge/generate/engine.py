@@ -22,6 +22,7 @@ from lmforge.generate.cache import KVCache
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.processors import DecodeState, build_processors, process, sample
 from lmforge.generate.text import TextStream
+from lmforge.model.cross_attention import CrossMemory
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizers.base import Tokenizer
 
@@ -29,25 +30,58 @@ PREFILL_CHUNK = 1024
 
 
 @torch.inference_mode()
-def prefill(model: Transformer, cache: KVCache, slot: int, ids: list[int]) -> torch.Tensor:
-    """Run `ids` into `slot` from its current length; logits (vocab,) of the last position."""
+def prefill(model: Transformer, cache: KVCache, slot: int, ids: list[int],
+            memory: CrossMemory | None = None) -> torch.Tensor:
+    """Run `ids` into `slot` from its current length; logits (vocab,) of the last position.
+
+    A prefix decoder reads its whole prompt bidirectionally (the prompt is its prefix), so
+    the prompt goes in as one pass; others go in chunks. `memory`: the slot's encoder output
+    (encoder-decoder models)."""
     if not ids:
         raise LmforgeError("the prompt is empty: give at least one token")
     device = cache.k.device
-    for start in range(0, len(ids), PREFILL_CHUNK):
-        chunk = torch.tensor([ids[start: start + PREFILL_CHUNK]], device=device)
+    prefix = model.config.family == "prefix"
+    chunk_len = len(ids) if prefix else PREFILL_CHUNK
+    for start in range(0, len(ids), chunk_len):
+        chunk = torch.tensor([ids[start: start + chunk_len]], device=device)
         width = chunk.shape[1]
-        logits = model(chunk, cache=cache.step([slot], width=width),
-                       keep=torch.tensor([[width - 1]], device=device))
+        logits = model(chunk, cache=cache.step([slot], width=width, bidirectional=prefix),
+                       keep=torch.tensor([[width - 1]], device=device), memory=memory)
     return logits[0, -1]
 
 
 @torch.inference_mode()
-def decode_step(model: Transformer, cache: KVCache, slots: list[int], tokens: list[int]
-                ) -> torch.Tensor:
-    """One new token for each slot; logits (B, vocab)."""
+def decode_step(model: Transformer, cache: KVCache, slots: list[int], tokens: list[int],
+                memory: CrossMemory | None = None) -> torch.Tensor:
+    """One new token for each slot; logits (B, vocab). `memory`: the rows' encoder output."""
     ids = torch.tensor(tokens, device=cache.k.device)[:, None]
-    return model(ids, cache=cache.step(slots))[:, -1]
+    return model(ids, cache=cache.step(slots), memory=memory)[:, -1]
+
+
+@torch.inference_mode()
+def source_memory(model: Transformer, sources: list[list[int]], repeat: int
+                  ) -> CrossMemory | None:
+    """Encoder-decoder generation reads the prompts as sources: encode them once (padded on
+    the right) and give each of its `repeat` answers (samples, beams) that memory; the
+    decoder then starts from `decoder_start_id`. None for every other family."""
+    if model.config.family != "encoder_decoder":
+        return None
+    if any(not s for s in sources):
+        raise LmforgeError("the prompt is empty: give at least one token")
+    device = next(model.parameters()).device
+    S = max(map(len, sources))
+    ids = torch.tensor([s + [0] * (S - len(s)) for s in sources for _ in range(repeat)],
+                       device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (S - len(s)) for s in sources
+                         for _ in range(repeat)], device=device)
+    return model.cross_memory(model.encode(ids, mask), mask)
+
+
+def rows_of(memory: CrossMemory | None, rows: list[int]) -> CrossMemory | None:
+    """The memory of the rows being decoded (all of it while every row is running)."""
+    if memory is None or rows == list(range(memory.batch_size)):
+        return memory
+    return memory.select(rows)
 
 
 @dataclass
@@ -94,17 +128,22 @@ def generate_ids(model: Transformer, prompts: list[list[int]], config: Generatio
     r % n of prompt r // n. Rows end on a stop token, at max_tokens, when the context is
     full, or when the consumer calls `rows.finish`."""
     n_rows = len(prompts) * config.n
-    cache = cache_for(model, n_rows, max(map(len, prompts)), config.max_tokens)
     t0 = time.perf_counter()
+    memory = source_memory(model, prompts, config.n)
+    if memory is not None:
+        rows.timing.prompt_tokens += sum(map(len, prompts))
+        prompts = [[model.config.decoder_start_id] for _ in prompts]
+    cache = cache_for(model, n_rows, max(map(len, prompts)), config.max_tokens)
     first = []
     for ids in prompts:
         slot = cache.allocate()
-        first.append(prefill(model, cache, slot, ids))
+        first.append(prefill(model, cache, slot, ids, rows_of(memory, [slot])))
         for _ in range(config.n - 1):
             cache.copy(slot, cache.allocate())
     logits = torch.stack([lg for lg in first for _ in range(config.n)])
     rows.timing.prefill_s += time.perf_counter() - t0
-    rows.timing.prompt_tokens += sum(map(len, prompts))
+    if memory is None:
+        rows.timing.prompt_tokens += sum(map(len, prompts))
     chain = build_processors(config, logits.shape[-1], stop_ids)
     state = DecodeState.start([p for p in prompts for _ in range(config.n)], logits.shape[-1])
     gens = make_generators(config, n_rows)
@@ -128,7 +167,7 @@ def generate_ids(model: Transformer, prompts: list[list[int]], config: Generatio
             gens = None if gens is None else [gens[i] for i in keep]
             active, tokens = [active[i] for i in keep], [tokens[i] for i in keep]
         if active:
-            logits = decode_step(model, cache, active, tokens)
+            logits = decode_step(model, cache, active, tokens, rows_of(memory, active))
         rows.timing.decode_s += time.perf_counter() - t0
 
 

@@ -6,7 +6,7 @@ The kind is read from the content, never from a name or suffix:
     a file starting with the bytes "GGUF"          → gguf
     a directory whose config.json has "format"     → lmforge checkpoint
     … has "architectures" and no "format"          → hf (Llama/Mistral: hf.py, BERT: bert.py,
-                                                     GPT-2: gpt2.py)
+                                                     GPT-2: gpt2.py, T5: t5.py)
     a directory with best/ or checkpoints/step-N/  → lmforge (best/, else the latest step)
 
 `load_weights` returns float32 tensors under our names; building the model and choosing its
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.interop import bert, checkpoint, gpt2, registry
+from lmforge.interop import bert, checkpoint, gpt2, registry, t5
 from lmforge.interop.gguf import load_gguf
 from lmforge.interop.gguf_file import MAGIC
 from lmforge.interop.hf import load_hf, read_json
@@ -82,7 +82,8 @@ def resolve_model(spec: str | Path) -> ModelSource:
 
 
 # Hugging Face architectures with their own converter; everything else is read as Llama
-HF_LOADERS = ((bert.is_bert, bert.load_bert), (gpt2.is_gpt2, gpt2.load_gpt2))
+HF_LOADERS = ((bert.is_bert, bert.load_bert), (gpt2.is_gpt2, gpt2.load_gpt2),
+              (t5.is_t5, t5.load_t5))
 
 
 def load_weights(spec: str | Path

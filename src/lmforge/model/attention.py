@@ -40,6 +40,7 @@ class SelfAttention(nn.Module):
         self.layer = layer
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
         self.head_dim = config.head_dim
+        self.scale = None if config.scale_attention else 1.0
         n_qkv = config.head_dim * (config.n_head + 2 * config.n_kv_head)
         self.qkv = Linear(config.d_model, n_qkv, bias=config.bias)
         self.out = Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)
@@ -61,25 +62,30 @@ class SelfAttention(nn.Module):
         else:
             k, v = cache.update(self.layer, k, v)  # (B, nkv, L, hd): every visible position
             mask, causal = cache.mask, cache.causal
-        y = attend(q, k, v, mask, causal)  # (B, nh, T, hd)
+        y = attend(q, k, v, mask, causal, self.scale)  # (B, nh, T, hd)
         return self.out(y.transpose(1, 2).reshape(B, T, nh * hd))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-           causal: bool) -> torch.Tensor:
-    """SDPA with grouped K/V heads. q (B, nh, T, hd); k, v (B, nkv, L, hd); mask (B, 1, T, L)."""
+           causal: bool, scale: float | None = None) -> torch.Tensor:
+    """SDPA with grouped K/V heads. q (B, nh, T, hd); k, v (B, nkv, L, hd); mask (B, 1|nh,
+    T, L): boolean (True = visible) or additive (a relative position bias); scale: the
+    factor of QKᵀ, 1/√hd when None."""
     B, nh, T, hd = q.shape
     nkv = k.shape[1]
+    if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+        mask = mask.to(q.dtype)  # SDPA wants an additive mask in the queries' dtype
     if causal and mask is None and T >= 2 * CAUSAL_BLOCK:
-        return blocked_causal_attention(q, k, v)
-    if T == 1 and nh != nkv:
+        return blocked_causal_attention(q, k, v, scale=scale)
+    if T == 1 and nh != nkv and (mask is None or mask.shape[1] == 1):
         # One query per head: stack each group's queries as rows of one kv head, so no
         # K/V copy is needed (the decode hot path).
         q = q.reshape(B, nkv, nh // nkv, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return y.reshape(B, nh, 1, hd)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=nh != nkv)
+        q, k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=nh != nkv,
+        scale=scale)
 
 
 CAUSAL_BLOCK = 128
@@ -93,7 +99,8 @@ def _causal_bias(rows: int, start: int, end: int, dtype: torch.dtype) -> torch.T
 
 
 def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             block: int = CAUSAL_BLOCK) -> torch.Tensor:
+                             block: int = CAUSAL_BLOCK, scale: float | None = None
+                             ) -> torch.Tensor:
     """Causal self-attention of a prefill (query i sees keys ≤ i), as batched matmuls over
     blocks of queries, each against only the keys up to its end.
 
@@ -116,6 +123,6 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         vv = v[:, :, :end].reshape(B * nkv, end, hd)
         bias = _causal_bias(n, start, end, q.dtype).to(q.device).repeat(g, 1)
         scores = torch.baddbmm(bias.expand(B * nkv, -1, -1), qi, kk.transpose(1, 2),
-                               alpha=hd ** -0.5)
+                               alpha=hd ** -0.5 if scale is None else scale)
         out[:, :, :, start:end] = (scores.softmax(dim=-1) @ vv).view(B, nkv, g, n, hd)
     return out.view(B, nh, T, hd)

@@ -8,7 +8,9 @@ Design choices:
   not a silent default.
 - Runtime settings (batch size, cache length, device, dtype) are not here.
 - `family` picks the attention mask: "encoder" attends both ways (BERT), every other family
-  causally. `norm_position` picks pre-norm (GPT-2 onwards, Llama) or post-norm blocks (the
+  causally; "encoder_decoder" adds a bidirectional encoder stack of `n_encoder_layer` blocks
+  whose output every decoder block reads through cross-attention (T5, BART).
+- `norm_position` picks pre-norm (GPT-2 onwards, Llama) or post-norm blocks (the
   original Transformer, BERT); post-norm implies a norm on the embeddings and no final norm.
   The defaults of every field added later keep older configs meaning what they meant.
 """
@@ -24,9 +26,9 @@ from lmforge import strict
 from lmforge.errors import LmforgeError
 
 FAMILIES = ("decoder", "prefix", "encoder", "encoder_decoder")
-NORMS = ("rmsnorm", "layernorm")
-MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu", "silu")
-POSITIONS = ("rope", "learned", "sinusoidal", "none")
+NORMS = ("rmsnorm", "layernorm", "batchnorm")
+MLPS = ("swiglu", "geglu", "geglu_tanh", "gelu", "gelu_tanh", "relu", "silu")
+POSITIONS = ("rope", "learned", "sinusoidal", "relative", "none")
 NORM_POSITIONS = ("pre", "post")
 
 
@@ -52,6 +54,23 @@ class ModelConfig:
     bias: bool = False
     norm_position: str = "pre"  # "post": norm after each residual add (+ embeddings, no final)
     type_vocab_size: int = 0  # segment (token type) embeddings, as in BERT; 0: none
+    n_encoder_layer: int = 0  # encoder_decoder: encoder depth (0: n_layer); others: unused
+    relative_buckets: int = 32  # position="relative" (T5): buckets of relative distance
+    relative_max_distance: int = 128  # distances beyond this share the last bucket
+    scale_attention: bool = True  # softmax(QKᵀ/√d); False: softmax(QKᵀ) (T5 folds it into init)
+    head_rescale: bool = False  # multiply the last hidden state by d_model^-½ (original T5)
+    decoder_start_id: int = 0  # encoder_decoder: the first decoder input (T5: pad = 0)
+    # mixture of experts (model/moe.py); moe_experts = 0 keeps every feed-forward layer dense
+    moe_experts: int = 0  # experts per MoE layer
+    moe_routing: str = "topk"  # soft | topk | switch
+    moe_k: int = 2  # experts per token (topk)
+    moe_d_ff: int | None = None  # an expert's hidden width; None: d_ff
+    moe_layers: str | list[int] = "all"  # all | every_other | [block indices]
+    moe_capacity_factor: float = 1.25  # switch, training only: ⌈factor · N / n⌉ per expert
+    moe_aux_weight: float = 0.01  # load-balancing loss weight (Switch Transformer)
+    moe_z_weight: float = 0.001  # router z-loss weight (ST-MoE)
+    moe_noise: float = 1.0  # scale of the learned router noise (topk, switch; training only)
+    moe_router_fp32: bool = True  # compute the gate in fp32 even under bf16
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -60,6 +79,8 @@ class ModelConfig:
             self.head_dim = self.d_model // self.n_head
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
+        if self.moe_d_ff is None:
+            self.moe_d_ff = self.d_ff
         self.validate()
 
     def validate(self) -> None:
@@ -87,13 +108,30 @@ class ModelConfig:
         if self.type_vocab_size < 0:
             raise LmforgeError(f"config field type_vocab_size must be >= 0 (0: no token types), "
                                f"got {self.type_vocab_size}")
+        if self.n_encoder_layer < 0:
+            raise LmforgeError(f"config field n_encoder_layer must be >= 0 (0: n_layer), got "
+                               f"{self.n_encoder_layer}")
+        if self.position == "relative" and (self.relative_buckets < 2
+                                            or self.relative_max_distance < 2):
+            raise LmforgeError("relative_buckets and relative_max_distance must be >= 2")
+        if self.family == "encoder_decoder" and self.norm_position == "post":
+            raise LmforgeError("the encoder_decoder family is built pre-norm (T5); use "
+                               "norm_position = \"pre\"")
         if self.position == "rope" and self.head_dim % 2:
             raise LmforgeError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        from lmforge.model.moe import validate_moe
+
+        validate_moe(self)
 
     @property
     def causal(self) -> bool:
         """Whether a position attends only to itself and earlier ones (every family but encoder)."""
         return self.family != "encoder"
+
+    @property
+    def encoder_layers(self) -> int:
+        """Depth of the encoder stack of an encoder_decoder model."""
+        return self.n_encoder_layer or self.n_layer
 
     @property
     def post_norm(self) -> bool:
@@ -102,7 +140,7 @@ class ModelConfig:
     @property
     def gated(self) -> bool:
         """Whether the feed-forward layer is a gated linear unit (two input projections)."""
-        return self.mlp in ("swiglu", "geglu")
+        return self.mlp in ("swiglu", "geglu", "geglu_tanh")
 
     def n_params(self) -> int:
         """Number of parameters (tied embeddings counted once), from a weightless model."""

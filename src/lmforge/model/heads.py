@@ -6,14 +6,18 @@
 - CLS pooling (Devlin et al., 2019, "BERT"): the vector of the first token, [CLS].
 - L2 normalisation, u / max(‖u‖₂, ε), makes the dot product of two embeddings their cosine.
 
-The LM head is `Transformer.forward`; the MLM (transform + decoder bias) and NSP heads of
-BERT pre-training come with the masked-LM objective.
+- Next-sentence prediction (BERT's pre-training head): BERT's pooler, a dense layer with
+  tanh over the [CLS] vector, then a linear classifier over {IsNext, NotNext}:
+  logits = W_c · tanh(W_p · h_[CLS] + b_p) + b_c.
+
+The LM head is `Transformer.forward`; masked-LM training reads it at the masked positions.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -31,3 +35,15 @@ def cls_pool(hidden: torch.Tensor) -> torch.Tensor:
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """x / max(‖x‖₂, eps) along the last dimension (torch.nn.functional.normalize)."""
     return F.normalize(x, p=2, dim=-1, eps=eps)
+
+
+class NSPHead(nn.Module):
+    """BERT's pooler + next-sentence classifier: (B, T, d) hidden states → (B, 2) logits."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.pool = nn.Linear(d_model, d_model)
+        self.classify = nn.Linear(d_model, 2)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classify(torch.tanh(self.pool(hidden[:, 0])))

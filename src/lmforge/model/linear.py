@@ -45,7 +45,9 @@ class OneDNNLinear(torch.autograd.Function):
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = _mm(grad, weight.t().contiguous())
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and not g.shape[0]:
+            gw = torch.zeros_like(weight)  # no rows (an expert that got no token): oneDNN refuses
+        elif ctx.needs_input_grad[1]:
             gw = _mm(g.t().contiguous(), x.reshape(-1, x.shape[-1]).t().contiguous())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(0)

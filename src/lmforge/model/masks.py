@@ -110,3 +110,22 @@ class NoCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         return k, v
+
+
+class BiasedStore:
+    """A `KVStore` whose mask is additive: a position bias (B|1, n_head, T, L) with −∞ where
+    the wrapped store hides a key. Relative positions (T5) reach attention this way, so
+    attention keeps one code path."""
+
+    def __init__(self, store, bias: torch.Tensor) -> None:
+        self.store = store
+        self.causal = False
+        visible = store.mask
+        if visible is None and store.causal:
+            T, L = bias.shape[-2:]
+            visible = torch.ones(T, L, dtype=torch.bool, device=bias.device).tril(L - T)
+        self.mask = bias if visible is None else bias.masked_fill(~visible, float("-inf"))
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.store.update(layer, k, v)

@@ -5,6 +5,11 @@
   channel i is paired with channel i + d/2, so x' = x·cos + rotate_half(x)·sin.
 - Learned absolute (GPT-2): a table of `max_seq_len` vectors added to the token embeddings.
 - Sinusoidal (Vaswani et al., 2017): PE(m, 2i) = sin(m / 10000^(2i/d)), PE(m, 2i+1) = cos(…).
+- Relative bias (T5, Raffel et al., 2020): no position is added to the embeddings; each
+  attention score gets a learned per-head scalar b[bucket(j − i)], where the relative
+  distance j − i is bucketed: exact below half the buckets, logarithmic up to a maximum
+  distance. Encoders tell left from right (half the buckets each); decoders see only the
+  past. One table per stack, shared by all its layers.
 """
 
 from __future__ import annotations
@@ -85,3 +90,39 @@ def make_absolute_position(config: ModelConfig) -> nn.Module | None:
     """The module adding absolute positions to embeddings, or None (RoPE, none)."""
     return {"learned": LearnedPosition, "sinusoidal": SinusoidalPosition}.get(
         config.position, lambda _: None)(config)
+
+
+def relative_bucket(distance: torch.Tensor, bidirectional: bool, buckets: int,
+                    max_distance: int) -> torch.Tensor:
+    """T5's bucket of a relative distance d = key − query (Mesh TensorFlow's rule).
+
+    Bidirectional: buckets/2 for d ≤ 0 and buckets/2 for d > 0; causal: d ≤ 0 only. Within
+    a half of n buckets, |d| < n/2 keeps its own bucket and larger |d| falls into
+    n/2 + ⌊log(|d| / (n/2)) / log(max_distance / (n/2)) · (n/2)⌋, capped at n − 1.
+    """
+    offset = torch.zeros_like(distance)
+    if bidirectional:
+        buckets //= 2
+        offset = (distance > 0).long() * buckets
+        distance = distance.abs()
+    else:
+        distance = (-distance).clamp(min=0)
+    exact = buckets // 2
+    log_bucket = exact + (torch.log(distance.float().clamp(min=1) / exact)
+                          / math.log(max_distance / exact) * (buckets - exact)).long()
+    log_bucket = log_bucket.clamp(max=buckets - 1)
+    return offset + torch.where(distance < exact, distance, log_bucket)
+
+
+class RelativePositionBias(nn.Module):
+    def __init__(self, config: ModelConfig, bidirectional: bool) -> None:
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.buckets, self.max_distance = config.relative_buckets, config.relative_max_distance
+        self.table = nn.Embedding(config.relative_buckets, config.n_head)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Bias (B, n_head, T, L) for query positions (B, T) and key positions (B, L)."""
+        distance = keys[:, None, :] - queries[:, :, None]
+        bucket = relative_bucket(distance, self.bidirectional, self.buckets, self.max_distance)
+        return self.table(bucket).permute(0, 3, 1, 2)

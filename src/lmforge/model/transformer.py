@@ -2,6 +2,12 @@
 
     logits = W_head · Norm(Block_N(… Block_1(E[ids] (+ S[token_types]) (+ P[positions])))))
 
+An encoder-decoder (`family="encoder_decoder"`, T5) has a second stack, `encoder`, that
+reads the source bidirectionally; `encode` runs it, and every decoder block adds
+cross-attention to its output (`model/cross_attention.py`). Both stacks share the token
+embedding, as in T5. With `position="relative"` each stack has its own relative-bias table,
+added to the attention scores of all its layers.
+
 Post-norm models (`norm_position="post"`, BERT) normalise the embeddings instead and have no
 final norm: each block already ends in one. `hidden` returns the final hidden states (what
 sentence-embedding and classification heads read, `model/heads.py`); `forward` applies the
@@ -18,21 +24,59 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.errors import LmforgeError
 from lmforge.model.attention import KVStore
 from lmforge.model.block import Block
 from lmforge.model.config import ModelConfig
+from lmforge.model.cross_attention import CrossMemory
 from lmforge.model.linear import Linear, linear
-from lmforge.model.masks import NoCache
+from lmforge.model.masks import BiasedStore, NoCache
 from lmforge.model.norm import make_norm
-from lmforge.model.position import RotaryEmbedding, make_absolute_position
+from lmforge.model.position import (
+    RelativePositionBias,
+    RotaryEmbedding,
+    make_absolute_position,
+)
+
+
+class Stack(nn.Module):
+    """Blocks and a final norm, with the relative-bias table when positions are relative:
+    the encoder of an encoder-decoder model (the decoder's parts sit on `Transformer`
+    itself, so decoder-only checkpoints keep their names)."""
+
+    def __init__(self, config: ModelConfig, n_layer: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Block(config, i) for i in range(n_layer))
+        self.norm = make_norm(config)
+        if config.position == "relative":
+            self.rel_bias = RelativePositionBias(config, bidirectional=True)
+
+
+def run_blocks(stack: nn.Module, x: torch.Tensor, positions: torch.Tensor,
+               rope: tuple[torch.Tensor, torch.Tensor] | None, store: KVStore | None,
+               keep: torch.Tensor | None = None, memory: CrossMemory | None = None,
+               checkpointed: bool = False) -> torch.Tensor:
+    """x through `stack.layers` (the last one computing only `keep`); `checkpointed`
+    recomputes each block's activations in the backward pass instead of storing them."""
+    rel_bias = getattr(stack, "rel_bias", None)
+    if rel_bias is not None:
+        keys = positions if isinstance(store, NoCache) else torch.arange(
+            store.length, device=x.device).expand(x.shape[0], -1)
+        store = BiasedStore(store, rel_bias(positions, keys))
+    last = len(stack.layers) - 1
+    for i, block in enumerate(stack.layers):
+        args = (x, rope, store, keep if i == last else None, memory)
+        x = checkpoint(block, *args, use_reentrant=False) if checkpointed else block(*args)
+    return x
 
 
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.activation_checkpointing = False  # set by the trainer (a memory option)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         if config.type_vocab_size:
             self.type_embed = nn.Embedding(config.type_vocab_size, config.d_model)
@@ -40,7 +84,12 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(config) if config.position == "rope" else None
         if config.post_norm:
             self.embed_norm = make_norm(config)
-        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        cross = config.family == "encoder_decoder"
+        if cross:
+            self.encoder = Stack(config, config.encoder_layers)
+        if config.position == "relative":
+            self.rel_bias = RelativePositionBias(config, bidirectional=not config.causal)
+        self.layers = nn.ModuleList(Block(config, i, cross) for i in range(config.n_layer))
         if not config.post_norm:
             self.norm = make_norm(config)
         if not config.tie_embeddings:
@@ -52,18 +101,23 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, cache: KVStore | None = None,
                 keep: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+                memory: torch.Tensor | CrossMemory | None = None,
+                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T', vocab) in fp32: the LM head over `hidden` (same arguments)."""
         x = self.hidden(ids, embeds=embeds, positions=positions, cache=cache, keep=keep,
-                        token_types=token_types, attention_mask=attention_mask, prefix=prefix)
+                        token_types=token_types, attention_mask=attention_mask, prefix=prefix,
+                        memory=memory, memory_mask=memory_mask)
+        if self.config.head_rescale:
+            x = x * self.config.d_model ** -0.5
         return linear(x, self.head_weight()).float()
 
     def hidden(self, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
                positions: torch.Tensor | None = None, cache: KVStore | None = None,
                keep: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
-               attention_mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None
-               ) -> torch.Tensor:
+               attention_mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+               memory: torch.Tensor | CrossMemory | None = None,
+               memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, T', d_model), in the model's dtype.
 
         ids (B, T) or embeds (B, T, d_model); positions (B, T), by default the cache's
@@ -71,8 +125,49 @@ class Transformer(nn.Module):
         one while prefilling), all when None; token_types (B, T): segment ids (0 when None);
         attention_mask (B, T): 1 for tokens, 0 for right padding (passes without a cache);
         prefix (B,): prefix lengths of a prefix decoder's rows (bidirectional inside the
-        prefix, causal after it; see `masks.prefix_mask`).
+        prefix, causal after it; see `masks.prefix_mask`); memory: an encoder-decoder's
+        encoder output (B, S, d_model) from `encode`, or a `CrossMemory` built from it once,
+        with memory_mask (B, S) marking its padding.
         """
+        if self.config.family == "encoder_decoder":
+            if memory is None:
+                raise LmforgeError("an encoder-decoder model decodes against an encoder "
+                                   "output: pass memory=model.encode(source_ids)")
+            if not isinstance(memory, CrossMemory):
+                memory = self.cross_memory(memory, memory_mask)
+        x, positions, rope = self._embed(ids, embeds, positions, cache, token_types)
+        T = x.shape[1]
+        if cache is None and (attention_mask is not None or prefix is not None
+                              or not self.config.causal or self.config.position == "relative"):
+            cache = NoCache(self.config.causal, attention_mask, prefix, T)
+        elif attention_mask is not None or prefix is not None:
+            raise LmforgeError("attention_mask and prefix are for passes without a cache; a "
+                               "KV cache carries its own mask for rows of different lengths")
+        x = run_blocks(self, x, positions, rope, cache, keep, memory, self._checkpointed())
+        return x if self.config.post_norm else self.norm(x)
+
+    def encode(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """The encoder output (B, S, d_model) of an encoder-decoder model: bidirectional
+        attention over the source ids (B, S), with attention_mask (B, S) 1/0 for padding."""
+        if self.config.family != "encoder_decoder":
+            raise LmforgeError(f"encode() is for encoder_decoder models; this one is a "
+                               f"{self.config.family} (use hidden())")
+        x, positions, rope = self._embed(ids, None, None, None, None)
+        store = NoCache(False, attention_mask, None, x.shape[1])
+        x = run_blocks(self.encoder, x, positions, rope, store,
+                       checkpointed=self._checkpointed())
+        return self.encoder.norm(x)
+
+    def cross_memory(self, states: torch.Tensor, attention_mask: torch.Tensor | None = None
+                     ) -> CrossMemory:
+        """The decoder's cross-attention keys and values of an encoder output, once."""
+        return CrossMemory.build(self.layers, states, attention_mask)
+
+    def _embed(self, ids: torch.Tensor | None, embeds: torch.Tensor | None,
+               positions: torch.Tensor | None, cache: KVStore | None,
+               token_types: torch.Tensor | None):
+        """Input vectors (B, T, d), their positions (B, T) and the RoPE tables (or None)."""
         x = self.embed(ids) if embeds is None else embeds
         B, T, _ = x.shape
         if positions is None:
@@ -88,16 +183,10 @@ class Transformer(nn.Module):
         if self.config.post_norm:
             x = self.embed_norm(x)
         rope = self.rope(positions, x.dtype) if self.rope is not None else None
-        if cache is None and (attention_mask is not None or prefix is not None
-                              or not self.config.causal):
-            cache = NoCache(self.config.causal, attention_mask, prefix, T)
-        elif attention_mask is not None or prefix is not None:
-            raise LmforgeError("attention_mask and prefix are for passes without a cache; a "
-                               "KV cache carries its own mask for rows of different lengths")
-        last = len(self.layers) - 1
-        for i, block in enumerate(self.layers):
-            x = block(x, rope, cache, keep if i == last else None)
-        return x if self.config.post_norm else self.norm(x)
+        return x, positions, rope
+
+    def _checkpointed(self) -> bool:
+        return self.activation_checkpointing and self.training and torch.is_grad_enabled()
 
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> None:
         """Normal(0, std) for matrices, zero biases, unit norm gains (GPT-2's initialisation)."""
