@@ -1,0 +1,204 @@
+"""A chat or completion request on the event-loop side: sequences in, OpenAI responses out.
+
+`generate` checks the prompts against the context window, turns the request into one
+`Sequence` per answer (n per prompt; choice index = prompt · n + answer, the seed of a
+sampled answer = seed + its index, as `Engine` does), submits them to the model's scheduler
+and either streams server-sent events in OpenAI's chunk format, ending with
+`data: [DONE]`, or waits for whole answers. Events come from the scheduler thread through
+`loop.call_soon_threadsafe` into an asyncio queue. A client that goes away (a failed send,
+or a disconnect seen while waiting) cancels its sequences, which leave the batch at the next
+step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from lmforge.errors import LmforgeError
+from lmforge.generate.config import GenerationConfig
+from lmforge.serve.metrics import Metrics
+from lmforge.serve.scheduler import Event, Sequence
+from lmforge.serve.schemas import APIError, GenerationRequest, bad
+
+if TYPE_CHECKING:
+    from lmforge.serve.app import Served
+
+POLL_S = 0.5  # how often a waiting request checks that its client is still there
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events whose generator is closed as soon as the stream ends or fails
+    (a disconnected client), so its `finally` cancels the sequences at once."""
+
+    media_type = "text/event-stream"
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+def fit_context(ids: list[int], req: GenerationRequest, ctx: int, what: str
+                ) -> GenerationConfig:
+    """The request's config for this prompt: max_tokens checked against (or, when not given,
+    set to) the room the context window leaves."""
+    if not ids:
+        raise bad(f"the {what} is empty: give at least one token", what)
+    room = ctx - len(ids)
+    mt = req.config.max_tokens
+    if (req.max_tokens_given and len(ids) + mt > ctx) or room < max(1, req.config.min_tokens):
+        asks = f" and max_tokens asks for {mt} ({len(ids) + mt} in all)" \
+            if req.max_tokens_given else ""
+        raise bad(f"this model's context window is {ctx} tokens, but the {what} has "
+                  f"{len(ids)} tokens{asks}; shorten the {what} or lower max_tokens", what,
+                  "context_length_exceeded")
+    if req.max_tokens_given:
+        return req.config
+    try:
+        return dataclasses.replace(req.config, max_tokens=room)
+    except LmforgeError as exc:
+        raise bad(str(exc)) from None
+
+
+def make_sequences(prompts: list[list[int]], configs: list[GenerationConfig], emit
+                   ) -> list[Sequence]:
+    config = configs[0]
+    base = config.seed if config.seed is not None else random.randrange(2**62)
+    seqs = []
+    for p, (ids, cfg) in enumerate(zip(prompts, configs, strict=True)):
+        answers = 1 if cfg.num_beams > 1 else cfg.n  # beam search gives the n answers itself
+        for j in range(answers):
+            index = p * cfg.n + j
+            seqs.append(Sequence(index, ids, cfg, emit, seed=base + index))
+    return seqs
+
+
+async def generate(request: Request, served: Served, req: GenerationRequest,
+                   prompts: list[list[int]], metrics: Metrics):
+    scheduler = served.scheduler
+    what = "messages" if req.messages is not None else "prompt"
+    configs = [fit_context(ids, req, scheduler.ctx, what) for ids in prompts]
+    n_choices = len(prompts) * req.config.n
+    if n_choices > scheduler.max_queue:
+        raise bad(f"{len(prompts)} prompt(s) × n={req.config.n} = {n_choices} answers, more "
+                  f"than this server queues ({scheduler.max_queue}); ask for fewer", "n")
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def emit(event: Event) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:  # the loop has closed: the server is shutting down
+            pass
+
+    seqs = make_sequences(prompts, configs, emit)
+    scheduler.submit(seqs)
+    events = watch(request, queue, n_choices, scheduler, seqs)
+    reply = Reply(served.id, req, sum(map(len, prompts)), n_choices)
+    if req.stream:
+        return EventStream(reply.sse(events))
+    return await reply.whole(events)
+
+
+async def watch(request: Request, queue: asyncio.Queue, n_choices: int, scheduler,
+                seqs: list[Sequence]) -> AsyncIterator[Event]:
+    """The events of the request until every choice has finished; cancels its sequences if
+    the consumer stops early or the client disconnects."""
+    done = 0
+    try:
+        while done < n_choices:
+            try:
+                event = await asyncio.wait_for(queue.get(), POLL_S)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+                continue
+            if event.error is not None:
+                raise APIError(500, f"generation failed: {event.error}", kind="server_error")
+            done += event.finish_reason is not None
+            yield event
+    finally:
+        if done < n_choices:
+            scheduler.cancel(seqs)
+
+
+class Reply:
+    """OpenAI response objects of one request (chat or text completion)."""
+
+    def __init__(self, model: str, req: GenerationRequest, prompt_tokens: int, n: int) -> None:
+        self.chat = req.messages is not None
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.model, self.req, self.n = model, req, n
+        self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0,
+                      "total_tokens": prompt_tokens}
+
+    def _count(self, event: Event) -> None:
+        self.usage["completion_tokens"] += event.n_tokens
+        self.usage["total_tokens"] += event.n_tokens
+
+    def _object(self, kind: str, choices: list[dict], usage: bool) -> dict:
+        out = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+               "system_fingerprint": None, "choices": choices}
+        if usage:
+            out["usage"] = dict(self.usage)
+        return out
+
+    async def whole(self, events: AsyncIterator[Event]) -> dict:
+        texts, reasons = [""] * self.n, [None] * self.n
+        async for ev in events:
+            self._count(ev)
+            texts[ev.index] += ev.text
+            reasons[ev.index] = ev.finish_reason or reasons[ev.index]
+        if self.chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": t},
+                        "logprobs": None, "finish_reason": r}
+                       for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
+            return self._object("chat.completion", choices, True)
+        choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": r}
+                   for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
+        return self._object("text_completion", choices, True)
+
+    def _chunk(self, index: int, text: str | None, reason: str | None) -> str:
+        if self.chat:
+            delta = {} if text is None else ({"role": "assistant", "content": ""}
+                                             if text == "" else {"content": text})
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+            return sse(self._object("chat.completion.chunk", [choice], False))
+        choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
+        return sse(self._object("text_completion", [choice], False))
+
+    async def sse(self, events: AsyncIterator[Event]) -> AsyncIterator[str]:
+        try:
+            if self.chat:  # OpenAI opens each choice with its role
+                for i in range(self.n):
+                    yield self._chunk(i, "", None)
+            async for ev in events:
+                self._count(ev)
+                if ev.text:
+                    yield self._chunk(ev.index, ev.text, None)
+                if ev.finish_reason is not None:
+                    yield self._chunk(ev.index, None if self.chat else "", ev.finish_reason)
+            if self.req.include_usage:
+                kind = "chat.completion.chunk" if self.chat else "text_completion"
+                yield sse(self._object(kind, [], True))
+        except APIError as exc:
+            yield sse(exc.body())
+        finally:
+            await events.aclose()
+        yield "data: [DONE]\n\n"
+
+
+def sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
