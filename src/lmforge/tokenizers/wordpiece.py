@@ -91,12 +91,34 @@ def _unicode_patterns() -> tuple[re.Pattern, re.Pattern, re.Pattern, re.Pattern]
             re.compile(f"[{p}]|[^{p}]+"), re.compile(f"[{_char_class(marks)}]+"))
 
 
+def clean_text(text: str, tokenize_chinese_chars: bool = True) -> str:
+    """BertNormalizer's cleaning: control characters dropped, whitespace made " ", spaces
+    put around CJK ideographs; `str.split()` of the result gives the whitespace words."""
+    if text.isascii():
+        return text.translate(_ASCII_CLEAN)
+    removed, space, _, _ = _unicode_patterns()
+    text = space.sub(" ", removed.sub("", text))
+    return _CJK.sub(r" \g<0> ", text) if tokenize_chinese_chars else text
+
+
+def split_word(word: str, *, lowercase: bool = True, strip_accents: bool = True) -> list[str]:
+    """One whitespace word of `clean_text` normalized and cut at punctuation: the pieces that
+    WordPiece spells ("Don't" → ["don", "'", "t"])."""
+    _, _, punct, marks = _unicode_patterns()
+    if strip_accents:  # before lower-casing, as `tokenizers` does
+        word = marks.sub("", unicodedata.normalize("NFD", word))
+    if lowercase:  # per character: keep "Σ" → "σ" out of Python's final-sigma rule
+        word = word.replace("Σ", "σ").lower()
+    return punct.findall(word)
+
+
 class WordPieceTokenizer(ListVocab, Tokenizer):
     """BERT's basic tokenizer + greedy longest-match-first WordPiece, with [CLS]/[SEP]."""
 
     def __init__(self, tokens: Sequence[str], *, unk_token: str = "[UNK]",
                  cls_token: str | None = "[CLS]", sep_token: str | None = "[SEP]",
                  pad_token: str | None = "[PAD]", mask_token: str | None = "[MASK]",
+                 eos_token: str | None = None,
                  lowercase: bool = True,
                  strip_accents: bool | None = None, tokenize_chinese_chars: bool = True,
                  prefix: str = "##", max_input_chars_per_word: int = 100,
@@ -122,26 +144,19 @@ class WordPieceTokenizer(ListVocab, Tokenizer):
         self._max_len = max(map(len, self.tokens))
         role = {r: self._ids.get(t) if t else None
                 for r, t in dict(unk=unk_token, cls=cls_token, sep=sep_token, pad=pad_token,
-                                 mask=mask_token).items()}
+                                 mask=mask_token, eos=eos_token).items()}
         self.cls_id, self.sep_id, self.mask_id = role["cls"], role["sep"], role["mask"]
         if added is None:
             added = [AddedToken(self.tokens[i], i) for i in sorted({*role.values()} - {None})]
         self._cache: dict[str, tuple[int, ...]] = {}
-        super().__init__(SpecialTokens(unk=role["unk"], pad=role["pad"]), AddedVocab(added),
-                         chat_template)
+        super().__init__(SpecialTokens(unk=role["unk"], pad=role["pad"], eos=role["eos"]),
+                         AddedVocab(added), chat_template)
 
     # -- encoding ---------------------------------------------------------------------------
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        if text.isascii():
-            text = text.translate(_ASCII_CLEAN)
-        else:
-            removed, space, _, _ = _unicode_patterns()
-            text = space.sub(" ", removed.sub("", text))
-            if self.tokenize_chinese_chars:
-                text = _CJK.sub(r" \g<0> ", text)
         cache, ids = self._cache, []
-        for word in text.split():  # after cleaning, str.split's whitespace is only " "
+        for word in clean_text(text, self.tokenize_chinese_chars).split():
             word_ids = cache.get(word)
             if word_ids is None:
                 if len(cache) >= _CACHE_LIMIT:
@@ -151,13 +166,9 @@ class WordPieceTokenizer(ListVocab, Tokenizer):
         return ids
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
-        _, _, punct, marks = _unicode_patterns()
-        if self.strip_accents:  # before lower-casing, as `tokenizers` does
-            word = marks.sub("", unicodedata.normalize("NFD", word))
-        if self.lowercase:  # per character: keep "Σ" → "σ" out of Python's final-sigma rule
-            word = word.replace("Σ", "σ").lower()
         ids: list[int] = []
-        for piece in punct.findall(word):
+        for piece in split_word(word, lowercase=self.lowercase,
+                                strip_accents=self.strip_accents):
             ids += self._wordpiece(piece)
         return tuple(ids)
 
@@ -230,7 +241,7 @@ class WordPieceTokenizer(ListVocab, Tokenizer):
                    "tokenize_chinese_chars": bool(config.get("tokenize_chinese_chars", True)),
                    "chat_template": hf_files.read_chat_template(config),
                    "model_max_length": hf_files.read_max_length(config)}
-        for role in ("unk", "cls", "sep", "pad", "mask"):
+        for role in ("unk", "cls", "sep", "pad", "mask", "eos"):
             if isinstance(name := config.get(f"{role}_token"), str):
                 options[f"{role}_token"] = name
         return cls.from_vocab_file(d / "vocab.txt", **options)
@@ -252,7 +263,8 @@ class WordPieceTokenizer(ListVocab, Tokenizer):
         added = hf_files.read_added_tokens(obj)
         tokens = hf_files.id_list(model.get("vocab") or {}, added)
         ends = _template_specials(obj.get("post_processor"))
-        roles = {f"{r}_token": config[f"{r}_token"] for r in ("cls", "sep", "pad", "mask")
+        roles = {f"{r}_token": config[f"{r}_token"]
+                 for r in ("cls", "sep", "pad", "mask", "eos")
                  if isinstance(config.get(f"{r}_token"), str)}
         return cls(tokens, unk_token=model.get("unk_token", "[UNK]"),
                    **{"cls_token": ends[0], "sep_token": ends[1], **roles},
