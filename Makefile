@@ -36,7 +36,13 @@ run: $(VENV)/.base
 	$(BIN)/lmforge generate --model smollm2 --chat --prompt "$(PROMPT)" \
 		--max-tokens 96 --temperature 0 --stats
 
-test: $(VENV)/.test
+# the web UI test drives Debian's Chromium (Playwright cannot download browsers here)
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(VENV)/.test $(CHROMIUM)
 	$(BIN)/pytest -q
 
 test-slow: $(VENV)/.test
