@@ -24,13 +24,18 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import HELP, GenerationConfig
+from lmforge.ngram.commands import register as register_ngram
+from lmforge.segment.commands import register as register_segment
+from lmforge.serve.commands import register as register_serve
+from lmforge.serve.web_commands import register as register_web
+from lmforge.tokenizers.commands import register as register_tokenizers
 
 BUILTIN_HELP = "a built-in name (see `lmforge models`), a .gguf file, or a Hugging Face / " \
                "lmforge checkpoint or run directory"
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help=BUILTIN_HELP)
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help=BUILTIN_HELP)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="weights and activations dtype (default fp32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -119,9 +124,15 @@ def print_stats(t) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     from lmforge.generate.chat import ChatSession
 
+    config = generation_config(args, temperature=0.2, top_p=0.9, max_tokens=512)
+    if args.api:
+        from lmforge.serve.client import chat_repl
+
+        return chat_repl(args.api, args.api_key, args.model, args.system, config)
+    if args.model is None:
+        raise LmforgeError("give --model NAME (or --api URL to chat with a running server)")
     lm = load(args)
     session = ChatSession(lm.engine, args.system)
-    config = generation_config(args, temperature=0.2, top_p=0.9, max_tokens=512)
     print(f"Chatting with {lm.name}. /reset clears the history, /exit quits; "
           "Ctrl-C stops an answer.", file=sys.stderr)
     while True:
@@ -157,7 +168,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from lmforge.eval.perplexity import evaluate
+    from lmforge.eval.models import evaluate_model, format_record, format_table
 
     path = Path(args.input)
     if not path.is_file():
@@ -165,16 +176,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
     text = path.read_text(encoding="utf-8")
     if args.chars:
         text = text[: args.chars]
-    lm = load(args)
-    ids = lm.tokenizer.encode(text, parse_special=False)
-    result = evaluate(lm.model, ids, len(text.encode("utf-8")), args.ctx, progress=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    records = [{**evaluate_model(m, text, args.ctx, args.dtype, progress=True),
+                "input": str(path)} for m in args.model]
     if args.json:
-        print(json.dumps({"model": args.model, "input": str(path), **result.to_dict()}))
+        print("\n".join(json.dumps(r) for r in records))
+    elif len(records) == 1:
+        print(format_record(records[0]))
     else:
-        print(f"tokens {result.tokens} (scored {result.scored}), bytes {result.bytes}\n"
-              f"cross-entropy {result.cross_entropy:.4f} nats/token\n"
-              f"perplexity    {result.perplexity:.4f}\n"
-              f"bits per byte {result.bits_per_byte:.4f}")
+        print(format_table(records))
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -244,22 +255,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive multi-turn chat")
-    add_model_args(c)
+    add_model_args(c, required=False)
+    c.add_argument("--api", default=None, metavar="URL",
+                   help="chat with a running `lmforge serve` (or any OpenAI-compatible server) "
+                        "instead of a local model; --model then picks the served model")
+    c.add_argument("--api-key", default=None, help="the server's API key (with --api)")
     c.add_argument("--system", default=None, help="system message")
     c.add_argument("--stats", action="store_true", help="print tokens/s after each answer")
     add_generation_args(c)
     c.set_defaults(func=cmd_chat)
 
     e = sub.add_parser(
-        "eval", help="cross-entropy, perplexity and bits per byte of a model on a text",
-        description="Scores the text in non-overlapping windows of --ctx tokens. The first "
-                    "token of each window has no context and is not scored; bits per byte "
-                    "divide the total NLL (in bits) by the UTF-8 bytes of the whole text.")
-    add_model_args(e)
+        "eval", help="cross-entropy, perplexity and bits per byte of models on a text",
+        description="Neural models score the text in non-overlapping windows of --ctx tokens "
+                    "(the first token of each window has no context and is not scored). "
+                    "N-gram ARPA models score each line as a sentence; their perplexity "
+                    "leaves out-of-vocabulary words out (SRILM). Bits per byte and per "
+                    "character divide the total NLL (in bits) by the UTF-8 bytes or "
+                    "characters of the whole text, so models with different tokenizers "
+                    "compare. Several --model values print a table.")
+    e.add_argument("--model", required=True, nargs="+",
+                   help=BUILTIN_HELP + ", or an n-gram .arpa(.gz) file; several compare")
+    e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="weights and activations dtype of neural models (default fp32)")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     e.add_argument("--input", required=True, help="a UTF-8 text file")
     e.add_argument("--ctx", type=int, default=1024, help="window length in tokens")
     e.add_argument("--chars", type=int, default=None, help="score only the first N characters")
-    e.add_argument("--json", action="store_true", help="print one JSON record")
+    e.add_argument("--json", action="store_true", help="print one JSON record per model")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("prepare", help="tokenise text into memory-mapped training shards")
@@ -296,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="output directory")
     v.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     v.set_defaults(func=cmd_convert)
+    register_web(sub)
+    register_segment(sub)
+    register_serve(sub)
+    register_tokenizers(sub)
+    register_ngram(sub)
     return parser
 
 
