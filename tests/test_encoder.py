@@ -209,11 +209,12 @@ def test_minilm_batch_of_two_equals_two_singles(minilm, hf_minilm):
 
 
 def test_encoders_do_not_generate(minilm_lm, capsys):
-    with pytest.raises(LmforgeError, match="encoders do not generate text yet"):
+    """minilm is a sentence-embedding BERT: no engine, and no MLM head to fill [MASK] with."""
+    with pytest.raises(LmforgeError, match="encoders do not generate text left to right"):
         minilm_lm.engine  # noqa: B018
     assert main(["generate", "--model", "minilm", "--prompt", "Paris is the [MASK]."]) == 2
     err = capsys.readouterr().err
-    assert "encoders do not generate text yet" in err and "Traceback" not in err
+    assert "no masked-LM head" in err and "Traceback" not in err
     with pytest.raises(LmforgeError, match="need an encoder"):
         embed_ids(tiny(family="decoder"), [[1, 2, 3]])
     with pytest.raises(LmforgeError, match="list of texts"):

@@ -51,8 +51,9 @@ class LoadedModel:
         if not self.config.causal:
             raise LmforgeError(
                 f"{self.name} is an encoder (family {self.config.family!r}): encoders do not "
-                "generate text yet ([MASK] filling comes with issue #4); for sentence "
-                "embeddings use lmforge.embed.embed(lm, texts)")
+                "generate text left to right; they fill [MASK] tokens "
+                "(lmforge.generate.fill.fill_masks, or `lmforge generate` with [MASK] in the "
+                "prompt); for sentence embeddings use lmforge.embed.embed(lm, texts)")
         return Engine(self.model, self.tokenizer)
 
 

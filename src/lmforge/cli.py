@@ -98,6 +98,9 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     lm = load(args)
+    if lm.config.family == "encoder" or (lm.config.family == "encoder_decoder"
+                                         and "<extra_id_" in args.prompt):
+        return fill_blanks(lm, args)
     tok = lm.tokenizer
     if args.chat:
         ids = tok.apply_chat_template(
@@ -112,6 +115,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print()
     if args.stats:
         print_stats(lm.engine.timing)
+
+
+def fill_blanks(lm, args: argparse.Namespace) -> None:
+    """Masked models: an encoder fills each [MASK], an encoder-decoder each <extra_id_k>."""
+    from lmforge.generate.fill import fill_masks, fill_spans
+
+    if lm.config.family == "encoder":
+        if lm.metadata.get("format") is None:  # converted BERTs keep no MLM head
+            raise LmforgeError(
+                f"{lm.name} has no masked-LM head (it was converted from {lm.source}); fill "
+                "[MASK] with an encoder trained by `lmforge train` (objective mlm); for "
+                "sentence embeddings use lmforge.embed.embed(lm, texts)")
+        print(fill_masks(lm.model, lm.tokenizer, args.prompt))
+        return
+    filled, spans = fill_spans(lm.model, lm.tokenizer, args.prompt,
+                               generation_config(args).max_tokens)
+    print(filled)
+    for k, span in enumerate(spans):
+        print(f"  <extra_id_{k}> → {span!r}", file=sys.stderr)
 
 
 def print_stats(t) -> None:
