@@ -6,6 +6,7 @@
     dir = "../data/shakespeare-char"   # relative paths are relative to the config file
     [train]
     max_steps = 5000
+    objective = "mlm"                  # default: the model family's (see train/objective.py)
 
 `--set train.lr=3e-4` overrides one value (parsed as TOML: numbers, booleans, strings).
 Unknown keys are errors that name them.
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from lmforge import strict
 from lmforge.errors import LmforgeError
+
+OBJECTIVES = ("", "causal_lm", "prefix_lm", "mlm", "span_corruption", "denoising")
 
 
 @dataclass
@@ -45,6 +48,14 @@ class TrainSettings:
     keep_last: int = 2
     seed: int = 1337
     threads: int = 0  # 0: torch's default
+    objective: str = ""  # "": the family's default (train/objective.py)
+    nsp: bool = False  # mlm: add next-sentence prediction (BERT); false: RoBERTa's MLM only
+    mask_rate: float = 0.15  # mlm: share of tokens chosen for 80/10/10 corruption
+    noise_density: float = 0.15  # span_corruption: noise share; denoising: noise rate
+    mean_span: float = 3.0  # span_corruption: mean span length
+    denoising: list[str] = field(default_factory=lambda: ["infill", "permute"])  # BART noises
+    activation_checkpointing: bool = False  # recompute each block in backward (less memory)
+    fsdp: bool = False  # under torchrun: FullyShardedDataParallel instead of DDP
 
     def validate(self) -> None:
         if self.optimizer not in ("adamw", "adam", "sgd"):
@@ -57,6 +68,23 @@ class TrainSettings:
                 raise LmforgeError(f"train.{name} must be at least 1")
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise LmforgeError("train.warmup_steps must be between 0 and train.max_steps")
+        self.validate_objective()
+
+    def validate_objective(self) -> None:
+        from lmforge.objectives.denoising import NOISES
+
+        if self.objective not in OBJECTIVES:
+            raise LmforgeError(f"train.objective={self.objective!r}: use one of {OBJECTIVES} "
+                               "(\"\" picks the model family's default)")
+        for name in ("mask_rate", "noise_density"):
+            if not 0 < getattr(self, name) < 1:
+                raise LmforgeError(f"train.{name} must be between 0 and 1")
+        if self.mean_span < 1:
+            raise LmforgeError("train.mean_span must be at least 1")
+        bad = [n for n in self.denoising if n not in NOISES]
+        if bad or not self.denoising:
+            raise LmforgeError(f"train.denoising={self.denoising!r}: a non-empty list of "
+                               f"{list(NOISES)}")
 
 
 @dataclass

@@ -5,6 +5,12 @@
 seeded generator and keeps its own slice of rows; DDP averages the gradients, so a step
 equals the single-process step on the whole batch up to floating-point summation order.
 Rank 0 alone logs, evaluates and writes checkpoints.
+
+`train.fsdp = true` wraps the model in FullyShardedDataParallel instead (Zhao et al. 2023,
+ZeRO-3 style: parameters, gradients and optimizer state sharded over the ranks; each block
+is one FSDP unit whose parameters are gathered for its forward and backward only). It runs
+on CPU under gloo too. Gathering a full state dict or optimizer state is then a collective,
+so every rank takes part in evaluation and checkpointing, and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ class World:
         dist.all_reduce(t)
         return t.item() / self.size
 
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum of `values` over the ranks."""
+        if self.size > 1:
+            values = values.clone()
+            dist.all_reduce(values)
+        return values
+
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
@@ -58,10 +71,85 @@ def setup() -> World:
     return World(dist.get_rank(), dist.get_world_size())
 
 
-def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
+FSDP_PREFIX = "_fsdp_wrapped_module."
+
+
+def wrap(model: torch.nn.Module, world: World, fsdp: bool = False) -> torch.nn.Module:
+    """DDP, or FSDP with one unit per Transformer block; the module itself on one process."""
+    if fsdp and world.size == 1:
+        raise LmforgeError("train.fsdp = true shards the model over several processes: run "
+                           "under `torchrun --nproc_per_node N` (N ≥ 2), or set it to false")
     if world.size == 1:
         return model
-    return torch.nn.parallel.DistributedDataParallel(model)
+    if not fsdp:
+        return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from lmforge.model.block import Block
+
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+        else torch.device("cpu")
+    return FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({Block}),
+                                    use_orig_params=True, device_id=device)
+
+
+def is_fsdp(module: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(module, FullyShardedDataParallel)
+
+
+def param_name(name: str) -> str:
+    """A parameter's name in the unwrapped module (FSDP inserts its wrappers' names)."""
+    return name.replace(FSDP_PREFIX, "")
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict on every rank (a collective under FSDP)."""
+    if not is_fsdp(module):
+        return getattr(module, "module", module).state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+
+
+def optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state to save (under FSDP the full, unsharded one: a collective).
+
+    Not `FSDP.optim_state_dict`: under gloo on CPU (torch 2.13) it returns Adam's second
+    moment in place of the first; `get_optimizer_state_dict` gathers both correctly."""
+    if not is_fsdp(module):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+
+    return get_optimizer_state_dict(module, optimizer,
+                                    options=StateDictOptions(full_state_dict=True))
+
+
+def load_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         state: dict) -> None:
+    """Restore a state from `optimizer_state` (under FSDP: each rank keeps its shard)."""
+    if not is_fsdp(module):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    set_optimizer_state_dict(module, optimizer, state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def clip_grad_norm(module: torch.nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm (over every shard under FSDP); return it."""
+    if is_fsdp(module):
+        return module.clip_grad_norm_(max_norm).item()
+    return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm).item()
 
 
 def teardown(world: World) -> None:

@@ -1,16 +1,19 @@
-"""The training loop for causal decoders (the other families' objectives plug in later).
+"""The training loop, for every family and objective (`train/objective.py`).
 
-Each step draws `grad_accum` batches of random windows from the memory-mapped token stream,
-accumulates the causal-LM loss, clips the global gradient norm and takes one optimizer step
-at the learning rate of a linear warmup followed by cosine decay:
+Each step draws `grad_accum` batches from the objective's sampler (`data/batches.py`),
+accumulates the objective's loss, clips the global gradient norm and takes one optimizer
+step at the learning rate of a linear warmup followed by cosine decay:
 
     lr(s) = lr · s / warmup                                          s < warmup
     lr(s) = min_lr + ½ (lr − min_lr) (1 + cos(π (s − warmup) / (max_steps − warmup)))
 
 Mixed precision: bf16 autocast with fp32 master weights. A non-finite loss skips the step;
-five in a row stop the run. Every `eval_every` steps: validation loss, perplexity, bits per
-token and per byte, a checkpoint, metrics.jsonl and loss.png. `--resume` restores model,
+five in a row stop the run. Every `eval_every` steps: the objective's validation loss (and
+its parts, such as NSP accuracy), perplexity for the LM objectives, bits per byte for the
+causal LM, a checkpoint, metrics.jsonl and loss.png. `--resume` restores model, heads,
 optimizer, step and every RNG, so the losses after a resume equal an uninterrupted run's.
+Memory options: `train.activation_checkpointing` (recompute each block in the backward
+pass) and `train.fsdp` (shard parameters, gradients and optimizer state over processes).
 """
 
 from __future__ import annotations
@@ -24,17 +27,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lmforge.data.batches import Sampler
+from lmforge.data.lines import Specials, specials_for
 from lmforge.data.prepare import load_tokens
 from lmforge.errors import LmforgeError
 from lmforge.io import atomic_write_text
 from lmforge.model.config import ModelConfig
+from lmforge.model.moe import moe_aux_loss, moe_stats
 from lmforge.model.transformer import Transformer
-from lmforge.objectives.causal_lm import causal_lm_loss
 from lmforge.tokenizers import load_tokenizer
 from lmforge.train import distributed
 from lmforge.train import state as ckpt
 from lmforge.train.config import RunConfig, TrainSettings
 from lmforge.train.metrics import MetricsLog
+from lmforge.train.objective import ObjectiveModel, make_sampler, needs_specials, resolve
 
 MAX_NONFINITE = 5
 
@@ -46,35 +52,32 @@ def lr_at(step: int, t: TrainSettings) -> float:
     return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def get_batch(tokens: np.ndarray, batch: int, block: int, gen: torch.Generator
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch` random windows of `block` tokens and the same windows shifted by one."""
-    if len(tokens) <= block + 1:
-        raise LmforgeError(f"the data has {len(tokens)} tokens, too few for windows of "
-                           f"{block}; lower train.block_size")
-    starts = torch.randint(len(tokens) - block - 1, (batch,), generator=gen).tolist()
-    rows = torch.from_numpy(np.stack([tokens[s: s + block + 1] for s in starts]).astype(np.int64))
-    return rows[:, :-1], rows[:, 1:]
-
-
-def make_optimizer(model: torch.nn.Module, t: TrainSettings) -> torch.optim.Optimizer:
-    """Weight decay on matrices only (not on norms' gains or biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+def make_optimizer(module: torch.nn.Module, t: TrainSettings, matrices: set[str]
+                   ) -> torch.optim.Optimizer:
+    """Weight decay on the parameters named in `matrices` only (not on norms' gains or
+    biases); names, because FSDP flattens the parameters it shards."""
+    params = [(distributed.param_name(n), p) for n, p in module.named_parameters()
+              if p.requires_grad]
+    groups = [{"params": [p for n, p in params if n in matrices], "weight_decay": t.weight_decay},
+              {"params": [p for n, p in params if n not in matrices], "weight_decay": 0.0}]
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=True)
 
 
-def build(run: RunConfig, vocab_size: int) -> Transformer:
+def build(run: RunConfig, vocab_size: int, sp: Specials | None = None) -> Transformer:
+    """The model of the run's [model] table; its vocabulary covers the data's ids and the
+    objective's reserved special ids (`data/lines.py`)."""
     fields = {"max_seq_len": run.train.block_size, **run.model}
-    fields.setdefault("vocab_size", vocab_size)
+    need = sp.vocab_size if sp is not None else vocab_size
+    fields.setdefault("vocab_size", need)
+    if sp is not None and fields.get("family") == "encoder_decoder":
+        fields.setdefault("decoder_start_id", sp.pad)  # T5 starts the decoder with [PAD]
     config = ModelConfig.from_dict(fields)
-    if config.vocab_size < vocab_size:
+    if config.vocab_size < need:
         raise LmforgeError(f"model.vocab_size={config.vocab_size} is smaller than the data's "
-                           f"vocabulary ({vocab_size})")
+                           f"vocabulary with the objective's special tokens ({need})")
     if config.max_seq_len < run.train.block_size:
         raise LmforgeError("model.max_seq_len must be at least train.block_size")
     model = Transformer(config)
@@ -83,31 +86,48 @@ def build(run: RunConfig, vocab_size: int) -> Transformer:
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, tokens: np.ndarray, t: TrainSettings, step: int,
-             bytes_per_token: float) -> dict:
-    """Mean loss over `eval_batches` windows drawn with a fixed seed (comparable across evals,
-    and independent of the training RNG)."""
-    model.eval()
+def evaluate(module: torch.nn.Module, sampler: Sampler, t: TrainSettings, step: int,
+             bytes_per_token: float | None, lm: bool) -> dict:
+    """Mean losses over `eval_batches` batches drawn with a fixed seed (comparable across
+    evals, and independent of the training RNG)."""
+    module.eval()
     gen = torch.Generator().manual_seed(t.seed + 1)
-    losses = []
+    sums: dict[str, float] = {}
     for _ in range(t.eval_batches):
-        x, y = get_batch(tokens, t.batch_size, t.block_size, gen)
         with torch.autocast("cpu", torch.bfloat16, enabled=t.dtype == "bf16"):
-            losses.append(causal_lm_loss(model(x), y).item())
-    model.train()
-    loss = sum(losses) / len(losses)
-    return {"step": step, "val_loss": loss, "val_ppl": math.exp(loss),
-            "val_bits_per_token": loss / math.log(2),
-            "val_bits_per_byte": loss / math.log(2) / bytes_per_token}
+            out = module(sampler(gen, t.batch_size))
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+    module.train()
+    means = {k: v / t.eval_batches for k, v in sums.items()}
+    loss = means.pop("loss")
+    row = {"step": step, "val_loss": loss, **{f"val_{k}": v for k, v in means.items()},
+           "val_bits_per_token": loss / math.log(2)}
+    if lm:
+        row["val_ppl"] = math.exp(loss)
+    if bytes_per_token is not None:
+        row["val_bits_per_byte"] = loss / math.log(2) / bytes_per_token
+    return row
 
 
-def layer_grad_norms(model: Transformer) -> dict[str, float]:
-    """Gradient norm per block: the diagnostic for vanishing and exploding gradients."""
-    out = {}
-    for i, block in enumerate(model.layers):
-        grads = [p.grad.norm() for p in block.parameters() if p.grad is not None]
-        out[str(i)] = torch.stack(grads).norm().item() if grads else 0.0
-    return out
+def layer_grad_norms(model: Transformer, world: distributed.World, sharded: bool
+                     ) -> dict[str, float]:
+    """Gradient norm per block (encoder blocks as encoder.i): the diagnostic for vanishing
+    and exploding gradients. Under FSDP each rank holds a shard: squares are summed."""
+    blocks = [(str(i), b) for i, b in enumerate(model.layers)]
+    if hasattr(model, "encoder"):
+        blocks = [(f"encoder.{i}", b) for i, b in enumerate(model.encoder.layers)] + blocks
+    squares = torch.stack([
+        sum(((p.grad.float() ** 2).sum() for p in b.parameters() if p.grad is not None),
+            torch.zeros(())) for _, b in blocks])
+    if sharded:
+        squares = world.sum(squares)
+    return {name: v for (name, _), v in zip(blocks, squares.sqrt().tolist(), strict=True)}
+
+
+def bytes_per_token(tokenizer, tokens: np.ndarray) -> float:
+    sample = np.asarray(tokens[:100_000])
+    return len(tokenizer.decode(sample.tolist()).encode("utf-8")) / len(sample)
 
 
 def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
@@ -120,6 +140,20 @@ def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
         distributed.teardown(world)
 
 
+def save_checkpoint(run_dir: Path, step: int, wrapped: torch.nn.Module, task: ObjectiveModel,
+                    optimizer: torch.optim.Optimizer, extra: dict, tokenizer, t: TrainSettings,
+                    world: distributed.World, improved: bool) -> None:
+    """Gather (every rank, under FSDP) and write (rank 0) the model, heads and state."""
+    weights = distributed.full_state_dict(wrapped if distributed.is_fsdp(wrapped) else task)
+    state = {"optimizer": distributed.optimizer_state(wrapped, optimizer), **extra,
+             "heads": {k: v for k, v in weights.items() if not k.startswith("model.")}}
+    if world.main:
+        model = {k.removeprefix("model."): v for k, v in weights.items()
+                 if k.startswith("model.")}
+        ckpt.save(run_dir, step, task.model.config, model, tokenizer, state, t.keep_last,
+                  improved)
+
+
 def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
            world: distributed.World) -> Path:
     t = run.train
@@ -127,39 +161,47 @@ def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
         torch.set_num_threads(t.threads)
     run_dir = Path(t.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    train_tokens, val_tokens = load_tokens(run.data_dir, "train"), None
+    train_tokens = load_tokens(run.data_dir, "train")
     meta = json.loads((run.data_dir / "meta.json").read_text())
-    if "val" in meta["tokens"]:
-        val_tokens = load_tokens(run.data_dir, "val")
+    val_tokens = load_tokens(run.data_dir, "val") if "val" in meta["tokens"] else train_tokens
     tokenizer = load_tokenizer(run.data_dir / "tokenizer")
+    objective = resolve(run.model.get("family", "decoder"), t)
+    sp = specials_for(tokenizer) if needs_specials(objective) else None
     torch.manual_seed(t.seed)
-    model = build(run, meta["vocab_size"])
-    optimizer = make_optimizer(model, t)
-    rows = world.rows(t.batch_size)
+    task = ObjectiveModel(build(run, meta["vocab_size"], sp), objective, t.nsp)
+    task.model.activation_checkpointing = t.activation_checkpointing
+    matrices = {n for n, p in task.named_parameters() if p.dim() >= 2}
+    start = task.model.config.decoder_start_id
+    sampler = make_sampler(objective, train_tokens, tokenizer, t, sp, start)
+    val_sampler = make_sampler(objective, val_tokens, tokenizer, t, sp, start)
     gen = torch.Generator().manual_seed(t.seed)
-    step, best = 0, float("inf")
+    step, best, saved = 0, float("inf"), None
     if resume:
         checkpoint = ckpt.latest(run_dir)
         from lmforge.interop.checkpoint import load_checkpoint
 
-        model.load_state_dict(load_checkpoint(checkpoint)[1])
         saved = ckpt.load_state(checkpoint)
-        optimizer.load_state_dict(saved["optimizer"])
+        weights = {f"model.{k}": v for k, v in load_checkpoint(checkpoint)[1].items()}
+        task.load_state_dict({**weights, **saved.get("heads", {})})
         gen.set_state(saved["batch_rng"])
         torch.set_rng_state(saved["torch_rng"])
         step, best = saved["step"], saved["best_val"]
-    ddp = distributed.wrap(model, world)
+    wrapped = distributed.wrap(task, world, t.fsdp)
+    sharded = distributed.is_fsdp(wrapped)
+    optimizer = make_optimizer(wrapped if sharded else task, t, matrices)
+    if saved is not None:
+        distributed.load_optimizer_state(wrapped, optimizer, saved["optimizer"])
     if world.main:
         atomic_write_text(run_dir / "run_config.json",
                           json.dumps(run.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, step if resume else None) if world.main else None
-    sample = val_tokens if val_tokens is not None else train_tokens
-    sample = np.asarray(sample[:100_000])
-    bytes_per_token = len(tokenizer.decode(sample.tolist()).encode("utf-8")) / len(sample)
-    model.train()
+    bpt = bytes_per_token(tokenizer, val_tokens) if objective == "causal_lm" else None
+    rows = world.rows(t.batch_size)
+    task.train()
     nonfinite = 0
     last = min(t.max_steps, stop_after or t.max_steps)
-    bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress)
+    bar = tqdm(total=t.max_steps, initial=step, desc=f"train {objective}", unit="step",
+               disable=not progress)
     tokens_per_step = t.batch_size * t.block_size * t.grad_accum
     while step < last:
         t0 = time.perf_counter()
@@ -168,10 +210,11 @@ def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
             group["lr"] = lr
         total = 0.0
         for _ in range(t.grad_accum):
-            x, y = get_batch(train_tokens, t.batch_size, t.block_size, gen)
+            batch = task.shard(sampler(gen, t.batch_size), rows, world.size)
             with torch.autocast("cpu", torch.bfloat16, enabled=t.dtype == "bf16"):
-                loss = causal_lm_loss(ddp(x[rows]), y[rows]) / t.grad_accum
-            loss.backward()
+                loss = wrapped(batch)["loss"] / t.grad_accum
+                aux = moe_aux_loss(task.model) / t.grad_accum  # 0 without experts
+            (loss + aux).backward()
             total += loss.item()
         total = world.mean(total)
         step += 1
@@ -185,9 +228,10 @@ def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
                                    " lower train.lr or use train.dtype = \"fp32\"")
             continue
         nonfinite = 0
-        norms = layer_grad_norms(model) if step % t.log_every == 0 else None
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf")).item()
+        norms = layer_grad_norms(task.model, world, sharded) if step % t.log_every == 0 \
+            else None
+        grad_norm = distributed.clip_grad_norm(
+            wrapped if sharded else task, t.grad_clip if t.grad_clip > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         rate = tokens_per_step / (time.perf_counter() - t0)
@@ -196,21 +240,22 @@ def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
         if norms is not None and log:
             log.log({"step": step, "loss": total, "lr": lr, "grad_norm": grad_norm,
                      "tokens_per_s": rate, "tokens_seen": step * tokens_per_step,
-                     "layer_grad_norms": norms})
-        if log and (step % t.eval_every == 0 or step == t.max_steps or step == last):
-            row = evaluate(model, val_tokens if val_tokens is not None else train_tokens, t,
-                           step, bytes_per_token)
-            log.log(row)
-            improved = row["val_loss"] < best
-            best = min(best, row["val_loss"])
-            state = {"optimizer": optimizer.state_dict(), "step": step, "best_val": best,
-                     "batch_rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
-            ckpt.save(run_dir, step, model.config, model, tokenizer, state, t.keep_last,
-                      improved)
-            log.plot(run_dir / "loss.png")
-            bar.write(f"step {step}: val loss {row['val_loss']:.4f}, "
-                      f"{row['val_bits_per_byte']:.3f} bits/byte")
-        if step % t.eval_every == 0 or step == last:
+                     "layer_grad_norms": norms, **moe_stats(task.model)})
+        if step % t.eval_every == 0 or step == t.max_steps or step == last:
+            if log or sharded:  # under FSDP every rank takes part in the forward passes
+                row = evaluate(wrapped if sharded else task, val_sampler, t, step, bpt,
+                               objective in ("causal_lm", "prefix_lm"))
+                improved = row["val_loss"] < best
+                best = min(best, row["val_loss"])
+                extra = {"step": step, "best_val": best, "batch_rng": gen.get_state(),
+                         "torch_rng": torch.get_rng_state()}
+                save_checkpoint(run_dir, step, wrapped, task, optimizer, extra, tokenizer, t,
+                                world, improved)
+            if log:
+                log.log(row)
+                log.plot(run_dir / "loss.png")
+                log.plot_experts(run_dir / "experts.png")
+                bar.write(f"step {step}: val loss {row['val_loss']:.4f}")
             world.barrier()
     bar.close()
     return run_dir

@@ -1,4 +1,5 @@
-"""Metrics of a run: one JSON object per line in `metrics.jsonl`, and `loss.png`."""
+"""Metrics of a run: one JSON object per line in `metrics.jsonl`, `loss.png`, and for
+mixture-of-experts models `experts.png`."""
 
 from __future__ import annotations
 
@@ -41,6 +42,37 @@ class MetricsLog:
         ax.set_ylabel("cross-entropy (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)
+
+    def plot_experts(self, path: Path) -> None:
+        """Expert utilisation against step, one panel per MoE layer (nothing for dense
+        models): the fraction of token assignments each expert received, with the uniform
+        share 1/n dashed and the dropped fraction in black."""
+        rows = [r for r in self.rows if "moe_utilisation" in r]
+        if not rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        layers = list(rows[-1]["moe_utilisation"])
+        steps = [r["step"] for r in rows]
+        fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers) + 1, 3.4),
+                                 sharey=True, squeeze=False)
+        for ax, layer in zip(axes[0], layers, strict=True):
+            shares = list(zip(*(r["moe_utilisation"][layer] for r in rows), strict=True))
+            for i, share in enumerate(shares):
+                ax.plot(steps, share, lw=1, label=f"expert {i}")
+            ax.axhline(1 / len(shares), ls="--", c="grey", lw=1)
+            ax.plot(steps, [r["moe_dropped"] for r in rows], c="black", lw=1, label="dropped")
+            ax.set_title(f"layer {layer}")
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("fraction of assignments")
+        axes[0][-1].legend(fontsize=7, loc="upper right")
         fig.tight_layout()
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
         plt.close(fig)

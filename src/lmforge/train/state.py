@@ -41,14 +41,14 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def save(run_dir: Path, step: int, config: ModelConfig, model: torch.nn.Module,
+def save(run_dir: Path, step: int, config: ModelConfig, weights: dict[str, torch.Tensor],
          tokenizer: Tokenizer, state: dict, keep: int, best: bool) -> Path:
-    """Write checkpoints/step-N (and best/ when `best`), then prune to the last `keep`."""
+    """Write checkpoints/step-N (and best/ when `best`), then prune to the last `keep`;
+    `weights`: the model's state dict (gathered from every shard under FSDP)."""
     final = run_dir / "checkpoints" / f"step-{step}"
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    weights = {k: v.detach().to(torch.float32).contiguous() for k, v in
-               model.state_dict().items()}
+    weights = {k: v.detach().to(torch.float32).contiguous() for k, v in weights.items()}
     save_checkpoint(tmp, config, weights, tokenizer)
     torch.save(state, tmp / "train_state.pt")
     if best:

@@ -1,0 +1,268 @@
+"""Mixture of experts against dense decoders of equal active parameters, on Penn Treebank.
+
+    python benchmarks/moe.py --threads 2 [--steps 150] [--seeds 0 1 2] [--full-vocab] [--bf16]
+
+Data: ../shared/data/ptb tokenised with SmolLM2's tokenizer (prepared once into
+data/ptb-smollm2). PTB uses only 9,514 of the tokenizer's 49,152 ids (every validation id
+occurs in training), so by default the ids are renumbered onto those 9,514: the same token
+stream with a 5× smaller embedding and head, which otherwise dominate the time at this width
+(--full-vocab keeps all 49,152). Every model: 4 layers, width 256, 4 heads, SwiGLU, context
+256, tied embeddings; batch 8 × 256 tokens, AdamW (lr 2e-3, 10% warmup, cosine to 2e-4),
+fp32 (--bf16: autocast; slower than fp32 on CPUs without native bf16).
+Variants, with F = 1024:
+
+    dense     feed-forward width F
+    topk      8 experts of width F/2, 2 per token (noisy top-k)   — active width F
+    switch    8 experts of width F, 1 per token, capacity 1.25     — active width F
+    dense-4F  feed-forward width 4F (the upper reference)
+
+For each seed the four models train on the same batches, one step each in turn (the order
+alternates every step), so their tokens/s are measured side by side under the same load.
+Validation loss: mean cross-entropy over the first --val-windows non-overlapping windows of
+the PTB validation split. Peak memory: the rise of the peak resident set size over one
+training step, in a fresh process per variant. Writes benchmarks/results/moe.json and
+benchmarks/results/moe_utilisation.png (expert utilisation over training, first seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lmforge.data.prepare import load_tokens, prepare
+from lmforge.io import atomic_write, atomic_write_text
+from lmforge.model.config import ModelConfig
+from lmforge.model.moe import moe_aux_loss, moe_stats, param_counts
+from lmforge.model.transformer import Transformer
+from lmforge.objectives.causal_lm import causal_lm_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+PTB = ROOT / ".." / "shared" / "data" / "ptb"
+DATA = ROOT / "data" / "ptb-smollm2"
+RESULTS = ROOT / "benchmarks" / "results"
+F = 1024
+SHAPE = dict(d_model=256, n_layer=4, n_head=4, d_ff=F, max_seq_len=256, mlp="swiglu")
+VARIANTS = {
+    "dense": {},
+    "topk": dict(moe_experts=8, moe_routing="topk", moe_k=2, moe_d_ff=F // 2),
+    "switch": dict(moe_experts=8, moe_routing="switch", moe_d_ff=F, moe_capacity_factor=1.25),
+    "dense-4F": dict(d_ff=4 * F),
+}
+BATCH, BLOCK = 8, 256
+AUTOCAST = {"enabled": False}
+
+
+def data() -> Path:
+    if not (DATA / "meta.json").is_file():
+        prepare("smollm2", [str(PTB / "ptb.train.txt")], DATA, val=str(PTB / "ptb.valid.txt"))
+    return DATA
+
+
+def compact(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Renumber the ids onto those the training split uses (val's must be among them)."""
+    used = np.unique(train)
+    if not np.isin(val, used).all():
+        raise SystemExit("validation ids outside the training ids: use --full-vocab")
+    return np.searchsorted(used, train), np.searchsorted(used, val), len(used)
+
+
+def model_config(name: str, vocab: int) -> ModelConfig:
+    return ModelConfig(vocab_size=vocab, **{**SHAPE, **VARIANTS[name]})
+
+
+def lr_at(step: int, steps: int, lr: float = 2e-3, min_lr: float = 2e-4) -> float:
+    warmup = max(1, steps // 10)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class Run:
+    """One model in training: its optimizer, its batch generator and its measurements."""
+
+    def __init__(self, name: str, vocab: int, seed: int) -> None:
+        torch.manual_seed(seed)
+        self.name, self.model = name, Transformer(model_config(name, vocab))
+        self.model.init_weights(std=0.02, seed=seed)
+        self.model.train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.1,
+                                     betas=(0.9, 0.99), fused=True)
+        self.gen = torch.Generator().manual_seed(seed)  # the same batches for every variant
+        self.rng = torch.get_rng_state()  # router noise: each model its own stream
+        self.times: list[float] = []
+        self.utilisation: list[tuple[int, dict]] = []
+
+    def step(self, tokens: np.ndarray, step: int, steps: int) -> None:
+        starts = torch.randint(len(tokens) - BLOCK - 1, (BATCH,), generator=self.gen).tolist()
+        rows = torch.from_numpy(np.stack([tokens[s: s + BLOCK + 1] for s in starts])
+                                .astype(np.int64))
+        torch.set_rng_state(self.rng)
+        t0 = time.perf_counter()
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(step, steps)
+        with torch.autocast("cpu", torch.bfloat16, **AUTOCAST):
+            loss = causal_lm_loss(self.model(rows[:, :-1]), rows[:, 1:])
+            loss = loss + moe_aux_loss(self.model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.times.append(time.perf_counter() - t0)
+        self.rng = torch.get_rng_state()
+        stats = moe_stats(self.model)
+        if stats:
+            self.utilisation.append((step, stats))
+
+    @torch.no_grad()
+    def val_loss(self, tokens: np.ndarray, windows: int) -> float:
+        self.model.eval()
+        losses = []
+        for i in range(0, windows, BATCH):
+            n = min(BATCH, windows - i)
+            rows = torch.from_numpy(np.stack([tokens[(i + j) * BLOCK: (i + j + 1) * BLOCK + 1]
+                                              for j in range(n)]).astype(np.int64))
+            with torch.autocast("cpu", torch.bfloat16, **AUTOCAST):
+                losses.append(causal_lm_loss(self.model(rows[:, :-1]), rows[:, 1:]).item() * n)
+        self.model.train()
+        return sum(losses) / windows
+
+
+def train_seed(seed: int, steps: int, train: np.ndarray, val: np.ndarray, vocab: int,
+               windows: int) -> dict:
+    runs = [Run(name, vocab, seed) for name in VARIANTS]
+    for step in tqdm(range(steps), desc=f"seed {seed}", unit="step"):
+        for run in runs if step % 2 == 0 else runs[::-1]:
+            run.step(train, step, steps)
+    out = {}
+    for run in runs:
+        out[run.name] = {"val_loss": run.val_loss(val, windows),
+                         "tokens_per_s": BATCH * BLOCK / statistics.median(run.times[1:]),
+                         "utilisation": run.utilisation}
+    return out
+
+
+def peak_memory(name: str, vocab: int) -> float:
+    """MiB by which one training step raises the peak RSS of a fresh process (this script
+    with --peak NAME)."""
+    flags = ["--bf16"] if AUTOCAST["enabled"] else []
+    out = subprocess.run([sys.executable, __file__, "--peak", name, "--vocab", str(vocab), *flags],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def peak_child(name: str, vocab: int) -> None:
+    tokens = np.random.default_rng(0).integers(0, vocab, 10 * BLOCK * BATCH)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run = Run(name, vocab, 0)
+    for step in range(2):
+        run.step(tokens, step, 2)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+
+def plot(utilisation: dict[str, list], path: Path) -> None:
+    """Expert shares over training: one row per sparse variant, one panel per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, u in utilisation.items() if u]
+    layers = list(utilisation[names[0]][0][1]["moe_utilisation"])
+    fig, axes = plt.subplots(len(names), len(layers), figsize=(3 * len(layers), 2.6 * len(names)),
+                             sharex=True, sharey=True, squeeze=False)
+    for row, name in zip(axes, names, strict=True):
+        steps = [s for s, _ in utilisation[name]]
+        for ax, layer in zip(row, layers, strict=True):
+            shares = zip(*(st["moe_utilisation"][layer] for _, st in utilisation[name]),
+                         strict=True)
+            for share in shares:
+                ax.plot(steps, share, lw=0.8)
+            ax.plot(steps, [st["moe_dropped"] for _, st in utilisation[name]], c="black",
+                    lw=1, ls=":")
+            ax.axhline(1 / 8, c="grey", ls="--", lw=0.8)
+            ax.set_title(f"{name}, layer {layer}", fontsize=9)
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    for row in axes:
+        row[0].set_ylabel("share of assignments")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def summarise(per_seed: list[dict], vocab: int, memory: dict[str, float]) -> dict:
+    out = {}
+    for name in VARIANTS:
+        losses = [s[name]["val_loss"] for s in per_seed]
+        rates = [s[name]["tokens_per_s"] for s in per_seed]
+        out[name] = {"val_loss_mean": statistics.mean(losses),
+                     "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                     "val_losses": losses, "tokens_per_s": statistics.median(rates),
+                     "tokens_per_s_ratio_to_dense": statistics.median(
+                         r / s["dense"]["tokens_per_s"]
+                         for r, s in zip(rates, per_seed, strict=True)),
+                     "peak_memory_mib": memory.get(name),
+                     "params": param_counts(model_config(name, vocab))}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--val-windows", type=int, default=64)
+    parser.add_argument("--full-vocab", action="store_true",
+                        help="keep SmolLM2's 49,152 ids instead of the 9,514 PTB uses")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--peak", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--vocab", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    AUTOCAST["enabled"] = args.bf16
+    if args.peak:
+        return peak_child(args.peak, args.vocab)
+    d = data()
+    meta = json.loads((d / "meta.json").read_text())
+    train, val = load_tokens(d, "train"), load_tokens(d, "val")
+    vocab = meta["vocab_size"]
+    if not args.full_vocab:
+        train, val, vocab = compact(np.asarray(train), np.asarray(val))
+    memory = {name: peak_memory(name, vocab) for name in VARIANTS}
+    per_seed = [train_seed(s, args.steps, train, val, vocab, args.val_windows)
+                for s in args.seeds]
+    plot({n: per_seed[0][n]["utilisation"] for n in VARIANTS}, RESULTS / "moe_utilisation.png")
+    results = summarise(per_seed, vocab, memory)
+    record = {"benchmark": "moe", "threads": args.threads, "shape": SHAPE, "vocab": vocab,
+              "dtype": "bf16" if args.bf16 else "fp32", "batch": BATCH,
+              "block": BLOCK, "steps": args.steps, "seeds": args.seeds,
+              "train_tokens": args.steps * BATCH * BLOCK,
+              "val_tokens": args.val_windows * BLOCK, "results": results}
+    print(f"{'variant':9}{'val loss':>16}{'tok/s':>8}{'×dense':>8}{'params':>9}"
+          f"{'active':>9}{'act-emb':>9}{'peak MiB':>9}")
+    for name, r in results.items():
+        p = r["params"]
+        print(f"{name:9}{r['val_loss_mean']:9.4f} ±{r['val_loss_std']:.4f}"
+              f"{r['tokens_per_s']:8.0f}{r['tokens_per_s_ratio_to_dense']:8.2f}"
+              f"{p['total'] / 1e6:8.2f}M{p['active'] / 1e6:8.2f}M"
+              f"{p['active_no_embed'] / 1e6:8.2f}M{r['peak_memory_mib']:9.0f}")
+    atomic_write_text(RESULTS / "moe.json", json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
