@@ -16,7 +16,8 @@ Design choices, all sentencepiece's:
 - Viterbi: best(j) = max over pieces x = text[i:j] of best(i) + log p(x), earliest start
   on ties. A character no piece covers becomes the unknown token, scored
   min log p − 10, and consecutive unknowns are fused into one; with `byte_fallback` it
-  becomes the byte tokens <0x00>..<0xFF> of its UTF-8 instead.
+  becomes the byte tokens <0x00>..<0xFF> of its UTF-8 instead. `unigram_viterbi.py` runs it
+  fast (a trie, word and part caches, cut points no piece spans) with the same ids.
 - Sampling (`sample_alpha=θ`): forward-filtering backward-sampling over the lattice with
   piece scores θ·log p, i.e. a segmentation drawn with probability ∝ P(x)^θ.
 - Files: `tokenizer.json` with a Hugging Face "Unigram" model, NFKC + whitespace
@@ -39,21 +40,35 @@ from lmforge.errors import LmforgeError
 from lmforge.tokenizers import hf_files
 from lmforge.tokenizers.added import AddedToken, AddedVocab
 from lmforge.tokenizers.base import ListVocab, SpecialTokens, Tokenizer
+from lmforge.tokenizers.unigram_viterbi import WS, ViterbiEncoder
 
-WS = "\u2581"
 _SPACES = re.compile(" {2,}")
 _WORD = re.compile(f"{WS}[^{WS}]*|[^{WS}]+")
 _BYTE = re.compile(r"<0x([0-9A-F]{2})>")
 _CACHE_LIMIT = 1 << 16
 _MISSING = object()
 UNK_PENALTY = 10.0  # sentencepiece's kUnkPenalty: an unknown character scores min − 10
+_WIDE = [(c, unicodedata.normalize("NFKD", c)) for c in "，：；！？（）％＋－＝～\u3000"]
+
+
+def nfkc_normalize(text: str) -> str:
+    """Unicode NFKC, faster on CJK text: ASCII is left alone (it is NFKC), and the common
+    full-width punctuation is replaced by its NFKD first. That changes nothing, since
+    NFKC(s) = NFC(NFKD(s)) and NFKD decomposes each character on its own, but a Chinese
+    line whose only compatibility characters are these then passes NFKC's quick check."""
+    if text.isascii():
+        return text
+    for wide, narrow in _WIDE:
+        if wide in text:
+            text = text.replace(wide, narrow)
+    return unicodedata.normalize("NFKC", text)
 
 
 def normalize(text: str, nfkc: bool, remove_extra_whitespaces: bool,
               add_dummy_prefix: bool) -> str:
     """sentencepiece's normalization with spaces escaped: "  a  b" → "▁a▁b"."""
     if nfkc:
-        text = unicodedata.normalize("NFKC", text)
+        text = nfkc_normalize(text)
     if remove_extra_whitespaces:
         text = _SPACES.sub(" ", text).strip(" ")
     if text and add_dummy_prefix:
@@ -88,7 +103,9 @@ class UnigramTokenizer(ListVocab, Tokenizer):
         self._bytes = [t.replace(WS, " ").encode("utf-8") for t in self.tokens]
         for b, i in enumerate(self._byte_ids):
             self._bytes[i] = bytes([b])
-        self._cache: dict[str, tuple[int, ...]] = {}
+        pieces = {p: hit for p, hit in self._table.items() if hit is not None}
+        self._cache = ViterbiEncoder(pieces, self._unk_score, self._finish,
+                                     None if byte_fallback else self._ids[unk], _CACHE_LIMIT)
         special = SpecialTokens(**{r: self._ids[t] for r, t in roles.items() if t is not None},
                                 add_bos=add_bos)
         added = AddedVocab(AddedToken(self.tokens[i], i) for i in special_ids)
@@ -144,38 +161,7 @@ class UnigramTokenizer(ListVocab, Tokenizer):
         return normalize(text, self.nfkc, self.remove_extra_whitespaces, self.add_dummy_prefix)
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        cache, ids = self._cache, []
-        for word in _WORD.findall(self._normalize(text)):
-            word_ids = cache.get(word)
-            if word_ids is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                word_ids = cache[word] = tuple(self._finish(word, self._viterbi(word)))
-            ids += word_ids
-        return ids
-
-    def _viterbi(self, word: str) -> list[tuple[int, int]]:
-        """(start, id) of the best path's pieces, id −1 for an unknown character."""
-        n, table, max_len, unk = len(word), self._table, self._max_len, self._unk_score
-        best = [0.0] + [-math.inf] * n
-        back: list[tuple[int, int]] = [(0, -1)] * (n + 1)
-        for i in range(n):
-            base, single = best[i], False
-            for j in range(i + 1, min(n, i + max_len) + 1):
-                hit = table.get(word[i:j], _MISSING)
-                if hit is _MISSING:
-                    break
-                if hit is not None:
-                    single = single or j == i + 1
-                    if base + hit[1] > best[j]:
-                        best[j], back[j] = base + hit[1], (i, hit[0])
-            if not single and base + unk > best[i + 1]:
-                best[i + 1], back[i + 1] = base + unk, (i, -1)
-        path, j = [], n
-        while j > 0:
-            path.append(back[j])
-            j = back[j][0]
-        return path[::-1]
+        return self._cache.encode(self._normalize(text))
 
     def _edges(self, word: str) -> list[list[tuple[int, int, float]]]:
         """incoming[j] = [(start, id, score)] of every piece (or unknown) ending at j."""

@@ -25,8 +25,12 @@ The algorithm:
 Encoding then uses the vocabulary alone (greedy longest-match-first, `wordpiece.py`): the
 merges are not kept. Incremental updates: each pair keeps the set of words it occurs in and
 each token the set of pairs it is part of; a merge re-spells only the words holding the
-pair and re-scores only the pairs whose count or whose tokens' frequencies changed (a heap
-with lazy invalidation: a popped entry whose score is out of date is pushed back).
+pair, and re-scores only the pairs whose count changed (net, over all those words) and the
+few contenders among the pairs whose tokens' frequencies changed. Contenders sit in a heap
+of exact scores with lazy invalidation (every score falls as N falls, so a popped score
+that is out of date is recomputed and pushed back); the other pairs wait in a heap of
+upper bounds that no token frequency can raise (see `_Words`). Same vocabulary as
+re-scoring every pair at every merge (tested), 2× faster on PTB.
 """
 
 from __future__ import annotations
@@ -94,7 +98,15 @@ def learn_vocab(counts: dict[str, int], n_tokens: int, *, progress: bool = True)
 
 
 class _Words:
-    """Words as id lists, pair counts, token counts, pair → words, token → pairs, the heap."""
+    """Words as id lists, pair counts, token counts, pair → words, token → pairs, two heaps.
+
+    Every live pair sits in one of two tiers. A hot pair has its exact score in `hot`; a
+    cold pair only the bound freq(ab) · log(N / freq(ab)) in `cold`, which holds because
+    freq(a), freq(b) ≥ freq(ab) and only falls as N falls, so a change in freq(a) or freq(b)
+    leaves a cold pair alone. A pair goes cold when its bound is below the last best score
+    (most are: the best pairs are few) and back to hot when its bound reaches the best hot
+    score, before that one is taken, so the pick is the exact arg-max either way.
+    """
 
     def __init__(self, words: list[list[int]], freqs: list[int]):
         self.words, self.freqs = words, freqs
@@ -109,8 +121,11 @@ class _Words:
                 self.pair_count[key] += f
                 self.pair_words[key].add(w)
         self.total = sum(self.token_count.values())
-        self.heap: list[tuple[float, int]] = []
-        self._push(self.pair_count)
+        self.hot: list[tuple[float, int]] = []
+        self.cold: list[tuple[float, int]] = []
+        self.in_hot: dict[int, float] = {}  # hot pair → the score of its latest entry
+        self.floor = -math.inf  # the last best score
+        self._update(set(self.pair_count), set())
 
     def score(self, key: int) -> float:
         """freq(ab) · log(freq(ab) · N / (freq(a) · freq(b))), N = tokens in the corpus."""
@@ -118,31 +133,76 @@ class _Words:
         return ab * math.log(ab * self.total / (count[key >> _BITS]
                                                  * count[key & (_LOW)]))
 
-    def _push(self, keys: Iterable[int]) -> None:
-        for key in keys:
-            left, right = self.token_pairs[key >> _BITS], self.token_pairs[key & _LOW]
-            if self.pair_count[key] > 0:
+    def _update(self, changed: set[int], touched: set[int]) -> None:
+        """Re-place the pairs whose count changed and the hot ones among `touched`, the
+        pairs whose tokens' counts changed (a cold pair's bound does not depend on those)."""
+        token_pairs, pair_count = self.token_pairs, self.pair_count
+        for key in changed:
+            left, right = token_pairs[key >> _BITS], token_pairs[key & _LOW]
+            if pair_count[key] > 0:
                 left.add(key)
                 right.add(key)
-                heapq.heappush(self.heap, (-self.score(key), key))
+                self._place(key)
             else:  # gone for good: a pair of two tokens never comes back once merged away
                 left.discard(key)
                 right.discard(key)
+                self.in_hot.pop(key, None)
+        for key in touched & self.in_hot.keys():
+            if key not in changed:
+                self._place(key)
+
+    def _place(self, key: int) -> None:
+        ab = self.pair_count[key]
+        bound = ab * math.log(self.total / ab)
+        if _reaches(bound, self.floor):
+            self.in_hot[key] = score = self.score(key)
+            heapq.heappush(self.hot, (-score, key))
+        else:
+            heapq.heappush(self.cold, (-bound, key))
+            self.in_hot.pop(key, None)
+
+    def _best_hot(self) -> tuple[float, int] | None:
+        """Pop the hot pair with the best exact score (smallest key on ties). An entry that
+        is not its pair's latest is dropped; a latest one whose score fell (a smaller N) is
+        re-scored and pushed back."""
+        hot, in_hot = self.hot, self.in_hot
+        while hot:
+            neg, key = heapq.heappop(hot)
+            if in_hot.get(key) != -neg:
+                continue
+            if (score := self.score(key)) == -neg:
+                return score, key
+            in_hot[key] = score
+            heapq.heappush(hot, (-score, key))
+        return None
+
+    def _warm(self, best: float) -> None:
+        """Move to the hot tier every cold pair whose bound reaches `best`."""
+        cold = self.cold
+        while cold and _reaches(-cold[0][0], best):
+            key = heapq.heappop(cold)[1]
+            if key not in self.in_hot and self.pair_count[key] > 0:
+                self.in_hot[key] = score = self.score(key)
+                heapq.heappush(self.hot, (-score, key))
 
     def pop_best(self) -> int | None:
         """The key of the best-scoring pair (smallest key on ties); None when none is left."""
-        while self.heap:
-            neg, key = heapq.heappop(self.heap)
-            if self.pair_count[key] <= 0:
-                continue
-            if (score := self.score(key)) == -neg:
-                return key
-            heapq.heappush(self.heap, (-score, key))
-        return None
+        while True:
+            top = self._best_hot()
+            best = -math.inf if top is None else top[0]
+            if not (self.cold and _reaches(-self.cold[0][0], best)):
+                break
+            if top is not None:
+                heapq.heappush(self.hot, (-top[0], top[1]))
+            self._warm(best)
+        if top is None:
+            return None
+        self.floor = top[0]
+        return top[1]
 
     def merge(self, a: int, b: int, new: int) -> None:
-        """Re-spell the words holding (a, b) and re-score the pairs that changed."""
-        changed: set[int] = set()
+        """Re-spell the words holding (a, b) and re-place the pairs that changed."""
+        delta: defaultdict[int, int] = defaultdict(int)
         for w in self.pair_words.pop(a << _BITS | b):
             old, f = self.words[w], self.freqs[w]
             word = _merge_word(old, a, b, new)
@@ -155,14 +215,20 @@ class _Words:
             self.token_count[new] += f * n
             self.total -= f * n
             for key in _pairs(old):
-                self.pair_count[key] -= f
-                changed.add(key)
+                delta[key] -= f
             for key in _pairs(word):
-                self.pair_count[key] += f
+                delta[key] += f
                 self.pair_words[key].add(w)
-                changed.add(key)
+        changed = {key for key, d in delta.items() if d}  # the rest kept their count
+        for key in changed:
+            self.pair_count[key] += delta[key]
         del self.pair_count[a << _BITS | b]
-        self._push(changed | self.token_pairs[a] | self.token_pairs[b])
+        self._update(changed, self.token_pairs[a] | self.token_pairs[b])
+
+
+def _reaches(bound: float, best: float) -> bool:
+    """bound ≥ best, with room for the bound's own rounding (a near miss counts as a hit)."""
+    return bound + 1e-9 * (1.0 + abs(bound)) >= best
 
 
 def _pairs(word: list[int]) -> list[int]:
