@@ -118,18 +118,26 @@ class CacheStep:
             self.mask = (key <= self.positions[:, :, None]).unsqueeze(1)  # (B, 1, T, L)
         for s, n in zip(slots, n_new, strict=True):
             cache.lengths[s] += n
+        # Contiguous rows that all start at one position (every decode step of a batch that
+        # started together): slice the write and read windows of all layers once per pass,
+        # so each layer's update is a few views and two copies (the decode hot path).
+        self.windows = None
+        if isinstance(self.rows, slice) and self.uniform_start is not None:
+            pos = slice(self.uniform_start, self.uniform_start + width)
+            self.windows = (cache.k[:, self.rows, :, pos], cache.v[:, self.rows, :, pos],
+                            cache.k[:, self.rows, :, : self.length],
+                            cache.v[:, self.rows, :, : self.length])
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nkv, T, hd) at each row's positions; return (B, nkv, L, hd) views."""
+        if self.windows is not None:
+            write_k, write_v, read_k, read_v = self.windows
+            write_k[layer].copy_(k)
+            write_v[layer].copy_(v)
+            return read_k[layer], read_v[layer]
         ck, cv = self.cache.k[layer], self.cache.v[layer]
-        rows, T = self.rows, k.shape[2]
-        if isinstance(rows, slice) and self.uniform_start is not None:
-            pos = slice(self.uniform_start, self.uniform_start + T)
-            ck[rows, :, pos] = k
-            cv[rows, :, pos] = v
-        else:
-            r = torch.arange(ck.shape[0], device=k.device)[rows][:, None]
-            ck[r, :, self.positions] = k.transpose(1, 2)
-            cv[r, :, self.positions] = v.transpose(1, 2)
-        return ck[rows, :, : self.length], cv[rows, :, : self.length]
+        r = torch.arange(ck.shape[0], device=k.device)[self.rows][:, None]
+        ck[r, :, self.positions] = k.transpose(1, 2)
+        cv[r, :, self.positions] = v.transpose(1, 2)
+        return ck[self.rows, :, : self.length], cv[self.rows, :, : self.length]

@@ -50,13 +50,10 @@ class SelfAttention(nn.Module):
         B, T, _ = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh+2nkv, T, hd)
-        if rope is not None:
-            # q and k rotate together: one set of elementwise ops for both
-            qk = apply_rope(qkv[:, : nh + nkv], *rope)
-            q, k = qk[:, :nh], qk[:, nh:]
-        else:
-            q, k = qkv[:, :nh], qkv[:, nh: nh + nkv]
-        v = qkv[:, nh + nkv:]
+        qk, v = qkv.split([nh + nkv, nkv], dim=1)
+        if rope is not None:  # q and k rotate together: one set of elementwise ops for both
+            qk = apply_rope(qk, *rope)
+        q, k = qk.split([nh, nkv], dim=1)
         if cache is None:
             mask, causal = None, True
         else:

@@ -23,11 +23,15 @@ from lmforge.model.config import ModelConfig
 
 
 def rope_tables(head_dim: int, max_len: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of m·θ_i for m < max_len, each (max_len, head_dim), computed in fp32."""
+    """cos and signed sin of m·θ_i for m < max_len, each (max_len, head_dim), in fp32.
+
+    The sin table carries rotate_half's sign, [−sin, +sin] over the two halves, so that
+    rotate_half(x)·sin = roll(x, d/2)·signed_sin: a roll instead of a split, negation and
+    concatenation (three fewer operations per layer in every decode step)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
+    sin = angles.sin()
+    return torch.cat([angles, angles], dim=-1).cos(), torch.cat([-sin, sin], dim=-1)
 
 
 class RotaryEmbedding(nn.Module):
@@ -52,10 +56,10 @@ class RotaryEmbedding(nn.Module):
                 self.sin[positions].unsqueeze(1).to(dtype))
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x' = x·cos + rotate_half(x)·sin, with rotate_half([a, b]) = [−b, a]."""
-    a, b = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-b, a), dim=-1) * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x' = x·cos + rotate_half(x)·sin, with rotate_half([a, b]) = [−b, a]
+    = x·cos + [b, a]·[−sin, sin] (`rope_tables` gives the signed sin)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 class LearnedPosition(nn.Module):
