@@ -40,3 +40,23 @@ def hf_smollm2():
 @pytest.fixture(scope="session")
 def wikitext_head() -> str:
     return (SHARED_DATA / "wikitext-2" / "test.txt").read_text(encoding="utf-8")[:20000]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_char(tmp_path_factory) -> Path:
+    """Tiny Shakespeare (nanoGPT's split) prepared with the character tokenizer, once."""
+    from lmforge.data.prepare import prepare
+
+    d = tmp_path_factory.mktemp("shakespeare-char") / "data"
+    text = SHARED_DATA / "tinyshakespeare"
+    prepare("char", [str(text / "train.txt")], d, val=str(text / "val.txt"), progress=False)
+    return d
+
+
+def run_workdir(directory: Path, data: Path, configs: dict[str, str]) -> Path:
+    """A directory holding run configs (name → TOML text) beside `data/` (their [data] dir)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "data").symlink_to(data, target_is_directory=True)
+    for name, text in configs.items():
+        (directory / name).write_text(text)
+    return directory

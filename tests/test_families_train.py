@@ -8,10 +8,10 @@ import json
 
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import run_workdir
 
 from lmforge.data.lines import specials_for
-from lmforge.data.prepare import load_tokens, prepare
+from lmforge.data.prepare import load_tokens
 from lmforge.errors import LmforgeError
 from lmforge.tokenizers import load_tokenizer
 from lmforge.train.config import load_run_config
@@ -52,14 +52,10 @@ FAMILIES = {  # name: ([model] lines, [train] lines)
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("families")
-    text = SHARED_DATA / "tinyshakespeare"
-    prepare("char", [str(text / "train.txt")], d / "data", val=str(text / "val.txt"),
-            progress=False)
-    for name, (model, extra) in FAMILIES.items():
-        (d / f"{name}.toml").write_text(CONFIG.format(model=model, train=extra, name=name))
-    return d
+def workdir(tmp_path_factory, shakespeare_char):
+    return run_workdir(tmp_path_factory.mktemp("families"), shakespeare_char, {
+        f"{name}.toml": CONFIG.format(model=model, train=extra, name=name)
+        for name, (model, extra) in FAMILIES.items()})
 
 
 def rows(run_dir) -> list[dict]:

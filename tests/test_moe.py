@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED_DATA
+from conftest import run_workdir
 
 from lmforge.cli import main
-from lmforge.data.prepare import prepare
 from lmforge.errors import LmforgeError
 from lmforge.generate.cache import KVCache
 from lmforge.model.config import ModelConfig
@@ -241,13 +240,8 @@ dtype = "bf16"
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("moe")
-    text = SHARED_DATA / "tinyshakespeare"
-    prepare("char", [str(text / "train.txt")], d / "data", val=str(text / "val.txt"),
-            progress=False)
-    (d / "run.toml").write_text(CONFIG)
-    return d
+def workdir(tmp_path_factory, shakespeare_char):
+    return run_workdir(tmp_path_factory.mktemp("moe"), shakespeare_char, {"run.toml": CONFIG})
 
 
 def rows(run_dir) -> list[dict]:

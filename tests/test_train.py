@@ -6,10 +6,9 @@ import json
 import math
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import run_workdir
 
 from lmforge.cli import main
-from lmforge.data.prepare import prepare
 from lmforge.errors import LmforgeError
 from lmforge.train.config import load_run_config
 from lmforge.train.loop import lr_at, train
@@ -36,13 +35,8 @@ log_every = 1
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("train")
-    text = SHARED_DATA / "tinyshakespeare"
-    prepare("char", [str(text / "train.txt")], d / "data", val=str(text / "val.txt"),
-            progress=False)
-    (d / "run.toml").write_text(CONFIG)
-    return d
+def workdir(tmp_path_factory, shakespeare_char):
+    return run_workdir(tmp_path_factory.mktemp("train"), shakespeare_char, {"run.toml": CONFIG})
 
 
 def losses(run_dir) -> list[float]:

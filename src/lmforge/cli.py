@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.console import chat_loop, print_answer
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import HELP, GenerationConfig
 from lmforge.ngram.commands import register as register_ngram
@@ -157,36 +158,22 @@ def cmd_chat(args: argparse.Namespace) -> None:
     session = ChatSession(lm.engine, args.system)
     print(f"Chatting with {lm.name}. /reset clears the history, /exit quits; "
           "Ctrl-C stops an answer.", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        if line.strip() == "/exit":
-            return
-        if line.strip() == "/reset":
-            session.reset()
-            print("(history cleared)", file=sys.stderr)
-            continue
-        if not line.strip():
-            continue
-        stream = session.send(line, config)
-        try:
-            for d in stream:
-                if session.dropped:
-                    print(f"(dropped the {session.dropped} oldest turn(s) to fit the context "
-                          "window)", file=sys.stderr)
-                    session.dropped = 0
-                print(d.text, end="", flush=True)
-        except KeyboardInterrupt:
-            stream.close()
-            print(" [interrupted]", end="")
-        except LmforgeError as exc:  # one bad message does not end the session
-            print(f"error: {exc}", file=sys.stderr)
-        print()
+
+    def answer(line: str) -> None:
+        deltas = session.send(line, config)
+        print_answer((d.text for d in deltas), lambda: _take_dropped(session),
+                     "the context window", (LmforgeError,))
+        deltas.close()  # an interrupted answer still ends its turn in the history
         if args.stats:
             print_stats(lm.engine.timing)
+
+    chat_loop(answer, session.reset)
+
+
+def _take_dropped(session) -> int:
+    """How many old turns the session dropped since the last call."""
+    n, session.dropped = session.dropped, 0
+    return n
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

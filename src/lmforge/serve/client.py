@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import httpx
 
+from lmforge.console import chat_loop, print_answer
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import GenerationConfig
 
@@ -131,34 +132,13 @@ def chat_repl(url: str, api_key: str | None, model: str | None, system: str | No
     chat = ApiChat(url, api_key, model, system)
     print(f"Chatting with {chat.model} at {chat.base}. /reset clears the history, /exit "
           "quits; Ctrl-C stops an answer.", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        if line.strip() == "/exit":
-            return
-        if line.strip() == "/reset":
-            chat.reset()
-            print("(history cleared)", file=sys.stderr)
-            continue
-        if line.strip():
-            _print_answer(chat, line, config)
+    chat_loop(lambda line: _print_answer(chat, line, config), chat.reset)
 
 
 def _print_answer(chat: ApiChat, line: str, config: GenerationConfig) -> None:
-    stream = chat.send(line, config)
-    try:
-        for piece in stream:
-            if chat.dropped:
-                print(f"(dropped the {chat.dropped} oldest turn(s) to fit the server's "
-                      "context window)", file=sys.stderr)
-                chat.dropped = 0
-            print(piece, end="", flush=True)
-    except KeyboardInterrupt:
-        stream.close()
-        print(" [interrupted]", end="")
-    except (LmforgeError, httpx.HTTPError) as exc:  # one failed turn does not end the chat
-        print(f"error: {exc}", file=sys.stderr)
-    print()
+    def dropped() -> int:
+        n, chat.dropped = chat.dropped, 0
+        return n
+
+    print_answer(chat.send(line, config), dropped, "the server's context window",
+                 (LmforgeError, httpx.HTTPError))

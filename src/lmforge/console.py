@@ -1,0 +1,45 @@
+"""The terminal side of `lmforge chat`, shared by the local and the `--api` chat: the
+read loop with its commands, and printing a streamed answer that Ctrl-C interrupts."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+
+
+def chat_loop(answer: Callable[[str], None], reset: Callable[[], None]) -> None:
+    """Read lines until /exit, end of input or Ctrl-C at the prompt; /reset clears the
+    history; every other non-blank line is answered."""
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        command = line.strip()
+        if command == "/exit":
+            return
+        if command == "/reset":
+            reset()
+            print("(history cleared)", file=sys.stderr)
+        elif command:
+            answer(line)
+
+
+def print_answer(stream: Iterator[str], dropped: Callable[[], int], where: str,
+                 errors: tuple[type[Exception], ...]) -> None:
+    """Print text pieces as they arrive, with a notice when `dropped()` reports old turns
+    cut to fit `where`; Ctrl-C ends this answer only, and an error in `errors` is printed,
+    not raised, so one failed turn does not end the chat."""
+    try:
+        for piece in stream:
+            n = dropped()
+            if n:
+                print(f"(dropped the {n} oldest turn(s) to fit {where})", file=sys.stderr)
+            print(piece, end="", flush=True)
+    except KeyboardInterrupt:
+        stream.close()
+        print(" [interrupted]", end="")
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    print()
