@@ -139,15 +139,15 @@ def test_pickle_weights_are_refused_without_unpickling(tmp_path: Path, monkeypat
 
 
 def test_unsupported_hf_architectures_and_rope_scaling(tmp_path: Path) -> None:
-    t5 = tmp_path / "t5"
-    save_hf(tiny_config(), random_state_dict(tiny_config()), None, t5)
-    cfg = json.loads((t5 / "config.json").read_text())
-    (t5 / "config.json").write_text(json.dumps({**cfg,
-                                                "architectures": ["T5ForConditionalGeneration"]}))
-    with pytest.raises(LmforgeError, match="architecture 'T5ForConditionalGeneration' is not "
+    neox = tmp_path / "neox"
+    save_hf(tiny_config(), random_state_dict(tiny_config()), None, neox)
+    cfg = json.loads((neox / "config.json").read_text())
+    (neox / "config.json").write_text(json.dumps({**cfg,
+                                                  "architectures": ["GPTNeoXForCausalLM"]}))
+    with pytest.raises(LmforgeError, match="architecture 'GPTNeoXForCausalLM' is not "
                                            "supported; supported: LlamaForCausalLM, "
                                            "MistralForCausalLM, BertModel"):
-        load_weights(t5)
+        load_weights(neox)
     save_hf(tiny_config(), random_state_dict(tiny_config()), None, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -83,13 +84,27 @@ def test_a_failed_request_is_shown_and_the_message_kept():
 
 
 def test_the_model_runs_one_generation_at_a_time(monkeypatch):
+    """The worker holds the model while it generates; a reader that stops (Stop, a closed
+    tab) frees it at the next token, without the generator being resumed."""
     monkeypatch.setattr(web, "LOCK_WAIT_S", 0.05)
+    resume = threading.Event()
+    send = web.ChatSession.send
+
+    def paused_send(self, text, config):  # the first answer pauses after its first token
+        for i, delta in enumerate(send(self, text, config)):
+            yield delta
+            if i == 0:
+                resume.wait(10)
+
+    monkeypatch.setattr(web.ChatSession, "send", paused_send)
     backend = tiny_backend(512)
     first = backend.stream([user("hello")], None, GREEDY)
-    next(first)  # mid-answer: the lock is held
+    next(first)  # mid-answer: the worker holds the model
     with pytest.raises(LmforgeError, match="busy with another answer"):
         next(backend.stream([user("again")], None, GREEDY))
-    first.close()  # what Stop does: Gradio closes the generator, which frees the model
+    first.close()  # what Stop does
+    resume.set()
+    monkeypatch.setattr(web, "LOCK_WAIT_S", 10.0)
     assert list(backend.stream([user("again")], None, GREEDY))[-1].tokens == 5
 
 

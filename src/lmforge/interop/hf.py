@@ -73,10 +73,11 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     # bert.py and gpt2.py import this module, so their names are imported here
     from lmforge.interop.bert import ARCHITECTURES as BERT
     from lmforge.interop.gpt2 import ARCHITECTURES as GPT2
+    from lmforge.interop.t5 import ARCHITECTURES as T5
 
     archs = hf.get("architectures") or []
     if not archs or archs[0] not in SUPPORTED_ARCHITECTURES:
-        others = BERT + GPT2
+        others = BERT + GPT2 + T5
         raise LmforgeError(f"{where}: architecture {archs[0] if archs else None!r} is not "
                            f"supported; supported: {', '.join(SUPPORTED_ARCHITECTURES + others)}"
                            + (" (read through lmforge.interop.load.load_weights)"

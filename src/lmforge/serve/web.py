@@ -21,6 +21,7 @@ Design choices:
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -60,6 +61,10 @@ class Backend(Protocol):
         """Yield the same `Answer`, updated, as the reply to `messages[-1]` arrives."""
         ...
 
+    def stop(self) -> None:
+        """End the answer being streamed at its next token (the Stop button)."""
+        ...
+
 
 class LocalBackend:
     """The engine in this process, one generation at a time."""
@@ -73,26 +78,54 @@ class LocalBackend:
         self.title = (f"{lm.name} · {params / 1e6:.0f}M parameters · {dtype} · context "
                       f"{lm.config.max_seq_len:,} tokens · in process ({lm.source})")
         self._lock = threading.Lock()
+        self._current = threading.Event()  # the stop flag of the answer being generated
+
+    def stop(self) -> None:
+        self._current.set()
 
     def stream(self, messages: list[dict], system: str | None, config: GenerationConfig
                ) -> Iterator[Answer]:
+        """The engine runs in a worker thread that holds the model's lock: a page that stops
+        reading (Stop, a closed tab) sets the answer's stop flag, and the worker frees the
+        model at the next token, even if Gradio never resumes or closes this generator."""
         if not self._lock.acquire(timeout=LOCK_WAIT_S):
             raise LmforgeError("the model is busy with another answer; try again in a moment")
+        stop = self._current = threading.Event()
+        updates: queue.Queue = queue.Queue()
+        threading.Thread(target=self._generate, args=(messages, system, config, stop, updates),
+                         daemon=True).start()
+        try:
+            while (item := updates.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    def _generate(self, messages: list[dict], system: str | None, config: GenerationConfig,
+                  stop: threading.Event, updates: queue.Queue) -> None:
         try:
             session = ChatSession(self.engine, system or None)
             session.messages = [dict(m) for m in messages[:-1]]
             answer = Answer()
-            for delta in session.send(messages[-1]["content"], config):
+            deltas = session.send(messages[-1]["content"], config)
+            for delta in deltas:
+                if stop.is_set():
+                    break
                 answer.dropped = session.dropped
                 answer.text += delta.text
-                yield answer
+                updates.put(answer)
+            deltas.close()
             t = self.engine.timing
             answer.tokens = t.generated_tokens
             answer.tokens_per_s = t.generated_tokens / t.decode_s if t.decode_s else 0.0
             answer.first_token_s = t.prefill_s
-            yield answer
-        finally:  # also when Gradio closes the generator on Stop
+            updates.put(answer)
+        except Exception as exc:  # shown in the page by the caller, never lost
+            updates.put(exc)
+        finally:
             self._lock.release()
+            updates.put(None)
 
 
 class ApiBackend:
@@ -113,6 +146,10 @@ class ApiBackend:
         self.max_tokens = int(info.get("context_window") or 4096)
         probe.http.close()
         self.title = f"{self.model} · context {self.max_tokens:,} tokens · via {self.base}"
+
+    def stop(self) -> None:
+        """Nothing to do: several users share this backend, and Gradio's cancel closes the
+        stopped user's generator, whose closed HTTP stream ends the answer on the server."""
 
     def _models(self, probe) -> list[dict]:
         r = probe.http.get(self.base + "/models")
@@ -242,7 +279,11 @@ def build_ui(backend: Backend, defaults: Defaults) -> gr.Blocks:
         respond = responder(backend)
         events = [trigger(respond, inputs, outputs, concurrency_limit=backend.concurrency)
                   for trigger in (box.submit, send.click)]
-        stop.click(lambda: "*Stopped.*", None, stats, cancels=events, queue=False)
+        def stopped() -> str:
+            backend.stop()
+            return "*Stopped.*"
+
+        stop.click(stopped, None, stats, cancels=events, queue=False)
         clear.click(lambda: ([], ""), None, [chat, stats], queue=False)
     return demo
 
