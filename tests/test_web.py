@@ -83,20 +83,26 @@ def test_a_failed_request_is_shown_and_the_message_kept():
     assert history == [] and "repetition_penalty=0.0 is invalid" in stats
 
 
-def test_the_model_runs_one_generation_at_a_time(monkeypatch):
-    """The worker holds the model while it generates; a reader that stops (Stop, a closed
-    tab) frees it at the next token, without the generator being resumed."""
-    monkeypatch.setattr(web, "LOCK_WAIT_S", 0.05)
-    resume = threading.Event()
+@pytest.fixture
+def resume(monkeypatch) -> threading.Event:
+    """Answers pause after their first token until the returned event is set."""
+    event = threading.Event()
     send = web.ChatSession.send
 
-    def paused_send(self, text, config):  # the first answer pauses after its first token
+    def paused_send(self, text, config):
         for i, delta in enumerate(send(self, text, config)):
             yield delta
             if i == 0:
-                resume.wait(10)
+                event.wait(10)
 
     monkeypatch.setattr(web.ChatSession, "send", paused_send)
+    return event
+
+
+def test_the_model_runs_one_generation_at_a_time(monkeypatch, resume):
+    """The worker holds the model while it generates; a reader that stops (Stop, a closed
+    tab) frees it at the next token, without the generator being resumed."""
+    monkeypatch.setattr(web, "LOCK_WAIT_S", 0.05)
     backend = tiny_backend(512)
     first = backend.stream([user("hello")], None, GREEDY)
     next(first)  # mid-answer: the worker holds the model
@@ -106,6 +112,19 @@ def test_the_model_runs_one_generation_at_a_time(monkeypatch):
     resume.set()
     monkeypatch.setattr(web, "LOCK_WAIT_S", 10.0)
     assert list(backend.stream([user("again")], None, GREEDY))[-1].tokens == 5
+
+
+def test_a_stopped_answer_says_so_whichever_update_reaches_the_page_last(resume):
+    """Stop writes "Stopped" while the answer's last update (its figures) may still be on
+    its way: that update must say "Stopped" too."""
+    backend = tiny_backend(512)
+    answers = backend.stream([user("hello")], None, GenerationConfig(max_tokens=50))
+    partial = next(answers).text
+    backend.stop()
+    resume.set()
+    answer = list(answers)[-1]
+    assert answer.stopped and answer.text == partial
+    assert web.figures(answer, 1).startswith("*Stopped.*")
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,7 @@ class Answer:
     tokens_per_s: float = 0.0
     first_token_s: float = 0.0
     dropped: int = 0  # oldest turns left out to fit the context window
+    stopped: bool = False  # ended by the Stop button
 
 
 class Backend(Protocol):
@@ -111,6 +112,7 @@ class LocalBackend:
             deltas = session.send(messages[-1]["content"], config)
             for delta in deltas:
                 if stop.is_set():
+                    answer.stopped = True
                     break
                 answer.dropped = session.dropped
                 answer.text += delta.text
@@ -216,10 +218,12 @@ def figures(answer: Answer, turn: int) -> str:
 
 
 def notice(answer: Answer) -> str:
+    # Stop and the answer's last update race to the page: both must say "Stopped"
+    stopped = "*Stopped.*  \n" if answer.stopped else ""
     if not answer.dropped:
-        return ""
-    return (f"*The {answer.dropped} oldest turn(s) no longer fit the context window and were "
-            "left out of what the model sees.*  \n")
+        return stopped
+    return stopped + (f"*The {answer.dropped} oldest turn(s) no longer fit the context window "
+                      "and were left out of what the model sees.*  \n")
 
 
 def responder(backend: Backend):
