@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lmforge.console import take_dropped
 from lmforge.errors import LmforgeError
 from lmforge.generate.chat import ChatSession
 from lmforge.generate.config import GenerationConfig
@@ -42,7 +43,8 @@ def test_oldest_turns_are_dropped_to_fit_the_context():
     config = GenerationConfig(max_tokens=8, temperature=0)
     for text in ["first question here", "second question here", "third question here"]:
         list(chat.send(text, config))
-    assert chat.dropped >= 1
+    n = chat.dropped
+    assert n >= 1 and take_dropped(chat) == n and take_dropped(chat) == 0 == chat.dropped
     contents = [m["content"] for m in chat.messages]
     assert "first question here" not in contents and "third question here" in contents
     assert len(chat.prompt_ids(8)) + 8 <= 160

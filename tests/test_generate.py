@@ -11,13 +11,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmforge.data.lines import N_SENTINELS, specials_for
 from lmforge.errors import LmforgeError
 from lmforge.generate import processors as P
 from lmforge.generate.beam import beam_search
 from lmforge.generate.config import GenerationConfig
-from lmforge.generate.engine import Engine, Timing
+from lmforge.generate.engine import Engine, Rows, Timing, generate_ids
+from lmforge.generate.fill import _split_spans, fill_spans, greedy_target
 from lmforge.generate.text import TextStream
 from lmforge.model.config import ModelConfig
+from lmforge.model.cross_attention import CrossMemory
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizers.char import CharTokenizer
 
@@ -175,3 +178,92 @@ def test_beam_search_finds_the_best_sequence_exhaustively(engine):
 def test_beam_search_through_the_engine(engine):
     out = engine.generate([TOK.encode("ab")], GenerationConfig(max_tokens=8, num_beams=4, n=2))
     assert len(out) == 2 and all(o.finish_reason in ("stop", "length") for o in out)
+
+
+@pytest.fixture(scope="module")
+def t5() -> Transformer:
+    """A random encoder-decoder whose vocabulary holds TOK's ids, then [PAD] [CLS] [SEP]
+    [MASK] and the 100 sentinels (the ids `specials_for(TOK)` reserves)."""
+    config = ModelConfig(vocab_size=TOK.vocab_size + 4 + N_SENTINELS, d_model=32, n_layer=2,
+                         n_head=4, n_kv_head=2, d_ff=64, max_seq_len=96,
+                         family="encoder_decoder", position="relative", n_encoder_layer=2)
+    model = Transformer(config)
+    model.init_weights(std=0.3, seed=0)
+    return model.eval()
+
+
+@torch.inference_mode()
+def uncached_greedy(model: Transformer, source: list[int], stop_id: int, max_tokens: int
+                    ) -> list[int]:
+    """The reference: every token from a full pass over the whole decoder prefix."""
+    memory = model.cross_memory(model.encode(torch.tensor([source])))
+    dec = [model.config.decoder_start_id]
+    for _ in range(max_tokens):
+        nxt = int(model(torch.tensor([dec]), memory=memory)[0, -1].argmax())
+        if nxt == stop_id:
+            break
+        dec.append(nxt)
+    return dec[1:]
+
+
+def test_greedy_target_through_the_cache_equals_the_uncached_loop(t5):
+    never = t5.config.vocab_size
+    for source in ([15, 1, 2, 16, 3, 4], [0, 15, 5, 6, 7, 16, 8, 9]):
+        free = uncached_greedy(t5, source, never, 30)
+        assert greedy_target(t5, source, never, 30) == free and len(free) == 30
+        stop = free[7]
+        cut = uncached_greedy(t5, source, stop, 30)
+        assert greedy_target(t5, source, stop, 30) == cut == free[: free.index(stop)]
+
+
+def test_fill_spans_decodes_one_token_per_step_like_the_uncached_loop(t5, monkeypatch):
+    text = "".join(f"{c}<extra_id_{k}>" for k, c in enumerate("abcdefgh . ab"))
+    sp = specials_for(TOK)
+    sentinels = list(sp.sentinels[:13])
+    source = [i for c, s in zip("abcdefgh . ab", sentinels, strict=True)
+              for i in (*TOK.encode(c, parse_special=False), s)]
+    spans = _split_spans(uncached_greedy(t5, source, sp.sep, 40), sentinels, TOK)
+    widths = []
+    forward = Transformer.forward
+
+    def record(self, ids, *args, **kw):
+        widths.append(ids.shape[1])
+        return forward(self, ids, *args, **kw)
+
+    monkeypatch.setattr(Transformer, "forward", record)
+    filled, got = fill_spans(t5, TOK, text, max_tokens=40)
+    assert got == spans and any(spans)
+    assert filled == "".join(c + s for c, s in zip("abcdefgh . ab", spans, strict=True))
+    assert widths and set(widths) == {1}  # the decoder never re-reads its prefix
+
+
+def answers(model: Transformer, prompts: list[list[int]], config: GenerationConfig,
+            stop_ids: list[int]) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in prompts]
+    for step in generate_ids(model, prompts, config, stop_ids, Rows([None] * len(prompts))):
+        for row, tok in step:
+            out[row].append(tok)
+    return out
+
+
+def test_ragged_encoder_decoder_batch_selects_memory_only_when_rows_finish(t5, monkeypatch):
+    stop = TOK.special.eos
+    prompts = [TOK.encode(p) for p in ("abc", "hg fed", "a", "ddd. ab", "gg", "h.h.")]
+    config = GenerationConfig(max_tokens=16, temperature=0, logit_bias={stop: 3.0})
+    singles = [answers(t5, [p], config, [stop])[0] for p in prompts]
+    calls = []
+    select = CrossMemory.select
+
+    def counted(self, rows):
+        calls.append(list(rows))
+        return select(self, rows)
+
+    monkeypatch.setattr(CrossMemory, "select", counted)
+    batched = answers(t5, prompts, config, [stop])
+    assert batched == singles
+    lengths = sorted({len(a) for a in batched})
+    assert len(lengths) >= 3  # ragged: rows end at different steps
+    # prefill reads each prompt's own row; then one selection per step at which some (not
+    # all) rows end, instead of one at every step after the first row ends
+    assert calls[: len(prompts)] == [[r] for r in range(len(prompts))]
+    assert len(calls) == len(prompts) + len(lengths) - 1

@@ -264,3 +264,26 @@ def test_moe_decoder_trains_resumes_and_generates(workdir, capsys):
                  "--max-tokens", "20", "--temperature", "0.8", "--seed", "1"])
     assert code == 0 and len(capsys.readouterr().out) > 10
     assert moe_stats(Transformer(config())) == {}
+
+
+def test_convert_to_hf_refuses_moe_and_writes_nothing(tmp_path, capsys):
+    """No Hugging Face class the exporter targets has MoE layers: the export must stop before
+    writing (it used to write a Llama directory without the experts), and the lmforge
+    format keeps every expert."""
+    from lmforge.interop import load_weights, save_checkpoint
+
+    model = tiny("topk")
+    save_checkpoint(tmp_path / "moe", model.config, model.state_dict(), None)
+    out = tmp_path / "hf"
+    assert main(["convert", "--model", str(tmp_path / "moe"), "--to", "hf", "--out",
+                 str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "mixture-of-experts" in err and "Llama, GPT-2, BERT and T5" in err
+    assert "lmforge checkpoint format" in err
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    assert main(["convert", "--model", str(tmp_path / "moe"), "--to", "lmforge", "--out",
+                 str(kept)]) == 0
+    config, state_dict, _, _ = load_weights(kept)
+    assert config == model.config
+    assert all(torch.equal(state_dict[n], t) for n, t in model.state_dict().items())

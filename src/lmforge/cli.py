@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.console import chat_loop, print_answer
+from lmforge.console import chat_loop, print_answer, take_dropped
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import HELP, GenerationConfig
 from lmforge.ngram.commands import register as register_ngram
@@ -161,19 +161,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     def answer(line: str) -> None:
         deltas = session.send(line, config)
-        print_answer((d.text for d in deltas), lambda: _take_dropped(session),
+        print_answer((d.text for d in deltas), lambda: take_dropped(session),
                      "the context window", (LmforgeError,))
         deltas.close()  # an interrupted answer still ends its turn in the history
         if args.stats:
             print_stats(lm.engine.timing)
 
     chat_loop(answer, session.reset)
-
-
-def _take_dropped(session) -> int:
-    """How many old turns the session dropped since the last call."""
-    n, session.dropped = session.dropped, 0
-    return n
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

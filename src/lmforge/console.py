@@ -1,10 +1,26 @@
 """The terminal side of `lmforge chat`, shared by the local and the `--api` chat: the
-read loop with its commands, and printing a streamed answer that Ctrl-C interrupts."""
+read loop with its commands, printing a streamed answer that Ctrl-C interrupts, and taking
+the count of old turns a chat dropped to fit its context window."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from typing import Protocol
+
+
+class DroppingChat(Protocol):
+    """`ChatSession` (local) and `ApiChat` (a server): both count the oldest turns they
+    dropped so that the history fits the context window."""
+
+    dropped: int
+
+
+def take_dropped(chat: DroppingChat) -> int:
+    """The turns `chat` dropped since the last call, resetting the count so that each
+    drop is reported once."""
+    n, chat.dropped = chat.dropped, 0
+    return n
 
 
 def chat_loop(answer: Callable[[str], None], reset: Callable[[], None]) -> None:

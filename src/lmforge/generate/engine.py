@@ -78,7 +78,9 @@ def source_memory(model: Transformer, sources: list[list[int]], repeat: int
 
 
 def rows_of(memory: CrossMemory | None, rows: list[int]) -> CrossMemory | None:
-    """The memory of the rows being decoded (all of it while every row is running)."""
+    """The memory of the rows being decoded (all of it while every row is running). It
+    copies every layer's cross-attention K/V, so call it when the set of rows changes,
+    not at every step."""
     if memory is None or rows == list(range(memory.batch_size)):
         return memory
     return memory.select(rows)
@@ -148,6 +150,7 @@ def generate_ids(model: Transformer, prompts: list[list[int]], config: Generatio
     state = DecodeState.start([p for p in prompts for _ in range(config.n)], logits.shape[-1])
     gens = make_generators(config, n_rows)
     active = list(range(n_rows))
+    active_memory = memory  # the memory of `active`, selected again only when rows finish
     stops = set(stop_ids)
     while active:
         t0 = time.perf_counter()
@@ -166,8 +169,9 @@ def generate_ids(model: Transformer, prompts: list[list[int]], config: Generatio
             state = state.select(keep)
             gens = None if gens is None else [gens[i] for i in keep]
             active, tokens = [active[i] for i in keep], [tokens[i] for i in keep]
+            active_memory = rows_of(memory, active) if active else None
         if active:
-            logits = decode_step(model, cache, active, tokens, rows_of(memory, active))
+            logits = decode_step(model, cache, active, tokens, active_memory)
         rows.timing.decode_s += time.perf_counter() - t0
 
 

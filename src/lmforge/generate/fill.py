@@ -5,7 +5,9 @@
   masked-LM training. `top_k` lists the k best candidates per mask instead.
 - `fill_spans` (encoder-decoder, span corruption): the text holds T5 sentinels
   `<extra_id_0>`, `<extra_id_1>` …; the decoder writes `<extra_id_0> span <extra_id_1>
-  span …` greedily, and each span goes back in place of its sentinel.
+  span … [SEP]` greedily, and each span goes back in place of its sentinel. It decodes
+  through the generation engine (`generate_ids`: cross-attention K/V projected once, a KV
+  cache for the decoder), so each new token costs one position, not a pass over the prefix.
 
 The special ids come from the tokenizer by `data.lines.specials_for`, as in training.
 """
@@ -18,6 +20,8 @@ import torch
 
 from lmforge.data.lines import N_SENTINELS, specials_for
 from lmforge.errors import LmforgeError
+from lmforge.generate.config import GenerationConfig
+from lmforge.generate.engine import Rows, generate_ids
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizers import Tokenizer
 
@@ -72,18 +76,23 @@ def fill_spans(model: Transformer, tokenizer: Tokenizer, text: str, max_tokens: 
         raise LmforgeError(f"write the blanks as <extra_id_0>, <extra_id_1> … (fewer than "
                            f"{N_SENTINELS}); the text has {len(numbers)}")
     sp = specials_for(tokenizer)
-    src = torch.tensor([_encode_with(tokenizer, texts, [sp.sentinels[k] for k in numbers])])
-    model.eval()
-    memory = model.cross_memory(model.encode(src))
-    dec = [model.config.decoder_start_id]
-    for _ in range(max_tokens):
-        nxt = int(model(torch.tensor([dec]), memory=memory)[0, -1].argmax())
-        if nxt == sp.sep:
-            break
-        dec.append(nxt)
-    spans = _split_spans(dec[1:], [sp.sentinels[k] for k in numbers], tokenizer)
+    src = _encode_with(tokenizer, texts, [sp.sentinels[k] for k in numbers])
+    dec = greedy_target(model, src, sp.sep, max_tokens)
+    spans = _split_spans(dec, [sp.sentinels[k] for k in numbers], tokenizer)
     filled = "".join(t + (spans[i] if i < len(spans) else "") for i, t in enumerate(texts))
     return filled, spans
+
+
+def greedy_target(model: Transformer, source: list[int], stop_id: int, max_tokens: int
+                  ) -> list[int]:
+    """The encoder-decoder's greedy answer to `source`: argmax tokens after
+    `decoder_start_id` until `stop_id` (not included) or `max_tokens` tokens. The same
+    cached path as `lmforge generate` (`source_memory` encodes the source, the decoder
+    starts from `decoder_start_id`)."""
+    config = GenerationConfig(max_tokens=max_tokens, temperature=0.0)
+    steps = generate_ids(model.eval(), [source], config, [stop_id], Rows([None]))
+    ids = [tok for step in steps for _, tok in step]
+    return ids[:-1] if ids and ids[-1] == stop_id else ids
 
 
 def _split_spans(ids: list[int], sentinels: list[int], tokenizer: Tokenizer) -> list[str]:

@@ -138,6 +138,13 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
 
 def hf_config(config: ModelConfig, tokenizer: Tokenizer | None, dtype: torch.dtype) -> dict:
     """The config.json dict of `config` for transformers' LlamaForCausalLM."""
+    if config.moe_experts:
+        # the layout knows only dense feed-forward tensors: the experts would vanish silently
+        raise LmforgeError(
+            f"this model has mixture-of-experts layers (moe_experts={config.moe_experts}); "
+            "Hugging Face's Llama, GPT-2, BERT and T5 classes have no MoE layers, so it "
+            "cannot be exported to them; keep it in the lmforge checkpoint format "
+            "(`lmforge convert --to lmforge`), which stores the experts and the router")
     unsupported = {k: v for k, v in (("family", "decoder"), ("norm", "rmsnorm"),
                                      ("mlp", "swiglu"), ("position", "rope"))
                    if getattr(config, k) != v}

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from lmforge.console import chat_loop, print_answer
+from lmforge.console import chat_loop, print_answer, take_dropped
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import GenerationConfig
 
@@ -136,9 +136,5 @@ def chat_repl(url: str, api_key: str | None, model: str | None, system: str | No
 
 
 def _print_answer(chat: ApiChat, line: str, config: GenerationConfig) -> None:
-    def dropped() -> int:
-        n, chat.dropped = chat.dropped, 0
-        return n
-
-    print_answer(chat.send(line, config), dropped, "the server's context window",
+    print_answer(chat.send(line, config), lambda: take_dropped(chat), "the server's context window",
                  (LmforgeError, httpx.HTTPError))
