@@ -8,7 +8,8 @@ Rank 0 alone logs, evaluates and writes checkpoints.
 
 `train.fsdp = true` wraps the model in FullyShardedDataParallel instead (Zhao et al. 2023,
 ZeRO-3 style: parameters, gradients and optimizer state sharded over the ranks; each block
-is one FSDP unit whose parameters are gathered for its forward and backward only). It runs
+is one FSDP unit whose parameters are gathered for its forward and backward only, and so is
+each decoder block's cross-attention key/value projection, which runs outside it). It runs
 on CPU under gloo too. Gathering a full state dict or optimizer state is then a collective,
 so every rank takes part in evaluation and checkpointing, and rank 0 writes.
 """
@@ -84,14 +85,20 @@ def wrap(model: torch.nn.Module, world: World, fsdp: bool = False) -> torch.nn.M
     if not fsdp:
         return torch.nn.parallel.DistributedDataParallel(model)
     from torch.distributed.fsdp import FullyShardedDataParallel
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from torch.distributed.fsdp.wrap import CustomPolicy
 
     from lmforge.model.block import Block
+    from lmforge.model.cross_attention import CrossAttention
 
+    # `CrossMemory.build` calls every decoder block's cross-attention K/V projection before
+    # the decoder runs, outside its block's forward, where the block's shards are not
+    # gathered: each such projection is a unit of its own, gathered when it is called.
+    kv = {id(m.kv) for m in model.modules() if isinstance(m, CrossAttention)}
+    policy = CustomPolicy(lambda m: isinstance(m, Block) or id(m) in kv)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
         else torch.device("cpu")
-    return FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({Block}),
-                                    use_orig_params=True, device_id=device)
+    return FullyShardedDataParallel(model, auto_wrap_policy=policy, use_orig_params=True,
+                                    device_id=device)
 
 
 def is_fsdp(module: torch.nn.Module) -> bool:
