@@ -8,6 +8,7 @@ import math
 import pytest
 from conftest import run_workdir
 
+from lmforge import hardware
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
 from lmforge.train.config import load_run_config
@@ -82,3 +83,16 @@ def test_schedule_and_bad_configs(workdir):
         train(load_run_config(workdir / "run.toml", ["train.out_dir='fresh'"]), resume=True,
               progress=False)
 
+
+
+@pytest.mark.parametrize(("flags", "dtype"), [({"avx2", "fma"}, "fp32"),
+                                              ({"avx512f", "avx512_bf16"}, "bf16"),
+                                              ({"amx_tile", "amx_bf16"}, "bf16")])
+def test_auto_dtype_is_bf16_only_where_the_cpu_has_it(monkeypatch, workdir, flags, dtype):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    assert hardware.auto_dtype() == dtype
+    run = load_run_config(workdir / "run.toml", ["train.dtype='auto'", "train.max_steps=2",
+                                                 "train.warmup_steps=1", "train.out_dir='auto'"])
+    run_dir = train(run, progress=False)
+    assert json.loads((run_dir / "run_config.json").read_text())["train"]["dtype"] == dtype

@@ -41,7 +41,7 @@ class TrainSettings:
     beta2: float = 0.99
     momentum: float = 0.9  # sgd
     grad_clip: float = 1.0  # 0: off
-    dtype: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights)
+    dtype: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights) | auto (bf16 if native)
     eval_every: int = 250
     eval_batches: int = 20
     log_every: int = 10
@@ -60,8 +60,9 @@ class TrainSettings:
     def validate(self) -> None:
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise LmforgeError(f"train.optimizer={self.optimizer!r}: use adamw, adam or sgd")
-        if self.dtype not in ("fp32", "bf16"):
-            raise LmforgeError(f"train.dtype={self.dtype!r}: use fp32 or bf16")
+        if self.dtype not in ("fp32", "bf16", "auto"):
+            raise LmforgeError(f"train.dtype={self.dtype!r}: use fp32, bf16 or auto (bf16 "
+                               "where the CPU or GPU computes it natively, else fp32)")
         for name in ("batch_size", "block_size", "grad_accum", "max_steps", "eval_every",
                      "eval_batches", "log_every", "keep_last"):
             if getattr(self, name) < 1:

@@ -31,6 +31,7 @@ from lmforge.data.batches import Sampler
 from lmforge.data.lines import Specials, specials_for
 from lmforge.data.prepare import load_tokens
 from lmforge.errors import LmforgeError
+from lmforge.hardware import auto_dtype
 from lmforge.io import atomic_write_text
 from lmforge.model.config import ModelConfig
 from lmforge.model.moe import moe_aux_loss, moe_stats
@@ -157,6 +158,8 @@ def save_checkpoint(run_dir: Path, step: int, wrapped: torch.nn.Module, task: Ob
 def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
            world: distributed.World) -> Path:
     t = run.train
+    if t.dtype == "auto":  # resolved once, so run_config.json records what the run used
+        t.dtype = auto_dtype()
     if t.threads:
         torch.set_num_threads(t.threads)
     run_dir = Path(t.out_dir)
@@ -200,8 +203,8 @@ def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
     task.train()
     nonfinite = 0
     last = min(t.max_steps, stop_after or t.max_steps)
-    bar = tqdm(total=t.max_steps, initial=step, desc=f"train {objective}", unit="step",
-               disable=not progress)
+    bar = tqdm(total=t.max_steps, initial=step, desc=f"train {objective} ({t.dtype})",
+               unit="step", disable=not progress)
     tokens_per_step = t.batch_size * t.block_size * t.grad_accum
     while step < last:
         t0 = time.perf_counter()

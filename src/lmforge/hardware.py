@@ -1,0 +1,35 @@
+"""What this machine computes natively, for choices such as `train.dtype = "auto"`."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags for bf16 dot products in hardware
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def native_bf16() -> bool:
+    """Whether bf16 matrix products run in hardware (a CUDA GPU, or a CPU with AVX512-BF16
+    or AMX); elsewhere oneDNN emulates them and bf16 autocast is several times slower than
+    fp32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return any(flag in cpu_flags() for flag in BF16_FLAGS)
+
+
+def auto_dtype() -> str:
+    """"bf16" where it is native, else "fp32"."""
+    return "bf16" if native_bf16() else "fp32"
