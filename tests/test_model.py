@@ -165,3 +165,28 @@ def test_linear_gradients_equal_f_linear(bias):
     ref = torch.autograd.grad(F.linear(x, w, b), params, g)
     for a, r in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, 64])
+def test_packed_inference_weights_follow_in_place_changes(rows):
+    """Inference on several rows multiplies by a oneDNN-packed copy of the weight: the
+    result equals F.linear, the copy is made again when the weight changes in place (an
+    optimizer step, load_state_dict), and it is freed with the weight."""
+    import gc
+
+    import torch.nn.functional as F
+
+    from lmforge.model import linear as lin
+
+    layer = lin.Linear(96, 40)
+    x = torch.randn(rows, 3, 96) if rows > 1 else torch.randn(1, 96)
+    with torch.no_grad():
+        for scale in (1.0, -2.0):
+            layer.weight.mul_(scale)
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias),
+                                       atol=1e-5, rtol=1e-5)
+    packs = len(lin._packs)
+    assert (id(layer.weight) in lin._packs) == (lin.PACKED and rows > 1)
+    del layer
+    gc.collect()
+    assert len(lin._packs) == packs - (lin.PACKED and rows > 1)

@@ -13,15 +13,31 @@ Training goes through `OneDNNLinear`, whose backward computes both products with
 
 Under autocast, for other dtypes and on other devices, `F.linear` is used as it is.
 Being an `nn.Linear`, a layer can still be wrapped or replaced by name (LoRA, quantization).
+
+Inference on more than one row (a batched decode step, a prefill) multiplies by a copy of
+the weight that oneDNN has reordered once into its blocked layout (`packed`): a plain
+weight is re-packed inside every call, which at 2–8 rows costs as much as the product.
+Measured on SmolLM2's 30 layers (2 threads, AVX2 EPYC): 8 rows 52.7 → 34.7 ms, 2 rows
+41.6 → 28.4 ms, 64 rows 142 → 108 ms; one row stays on the plain weight, whose matrix-vector
+product is already at the memory-bandwidth floor. The copy costs the weights' size again in
+memory (`LMFORGE_PACKED_WEIGHTS=0` turns it off) and is made again when the weight changes
+in place (its version counter moves: optimizer steps, `load_state_dict`, `copy_` under
+no_grad; writes through `.data` are not seen).
 """
 
 from __future__ import annotations
+
+import os
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+PACKED = ONEDNN and os.environ.get("LMFORGE_PACKED_WEIGHTS", "1") != "0"
+PACK_ROWS = 8  # oneDNN's blocking hint: decode batches are a few rows
+_packs: dict[int, tuple] = {}  # id(weight) → (version and address, packed), while it lives
 
 
 def _mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -54,6 +70,19 @@ class OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
+def packed(weight: nn.Parameter) -> torch.Tensor:
+    """`weight` reordered into oneDNN's blocked layout, made once per version of it."""
+    key = (weight._version, weight.data_ptr())
+    entry = _packs.get(id(weight))
+    if entry is None or entry[0] != key:
+        if entry is None:
+            weakref.finalize(weight, _packs.pop, id(weight), None)
+        with torch.no_grad():
+            entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS))
+        _packs[id(weight)] = entry
+    return entry[1]
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
            ) -> torch.Tensor:
     if (not ONEDNN or x.dtype != torch.float32 or x.device.type != "cpu"
@@ -61,6 +90,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return OneDNNLinear.apply(x, weight, bias)
+    if (PACKED and isinstance(weight, nn.Parameter) and x.numel() >= 2 * x.shape[-1]
+            and not weight.is_inference()):  # an inference tensor has no version to watch
+        return _mm(x, packed(weight), bias)
     return _mm(x, weight, bias)
 
 
