@@ -171,7 +171,7 @@ def test_linear_gradients_equal_f_linear(bias):
 def test_packed_inference_weights_follow_in_place_changes(rows):
     """Inference on several rows multiplies by a oneDNN-packed copy of the weight: the
     result equals F.linear, the copy is made again when the weight changes in place (an
-    optimizer step, load_state_dict), and it is freed with the weight."""
+    in-place op, a fused optimizer step), and it is freed with the weight."""
     import gc
 
     import torch.nn.functional as F
@@ -187,6 +187,11 @@ def test_packed_inference_weights_follow_in_place_changes(rows):
                                        atol=1e-5, rtol=1e-5)
     packs = len(lin._packs)
     assert (id(layer.weight) in lin._packs) == (lin.PACKED and rows > 1)
+    layer.weight.grad = torch.ones_like(layer.weight)
+    torch.optim.AdamW(layer.parameters(), fused=True).step()  # moves no version counter
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias),
+                                   atol=1e-5, rtol=1e-5)
     del layer
     gc.collect()
     assert len(lin._packs) == packs - (lin.PACKED and rows > 1)

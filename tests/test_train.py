@@ -56,13 +56,47 @@ def test_learns_and_writes_the_run_directory(workdir):
     assert all("layer_grad_norms" in r for r in rows if "loss" in r)
 
 
-def test_resume_continues_exactly(workdir):
-    whole = losses(train(load_run_config(workdir / "run.toml", ["train.out_dir='a'"]),
-                         progress=False))
-    paused = load_run_config(workdir / "run.toml", ["train.out_dir='b'"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_resume_continues_exactly(workdir, dtype):
+    """fp16 (loss-scaled; on a CPU only to check the bookkeeping) restores its scale too."""
+    sets = [f"train.dtype='{dtype}'"]
+    whole_dir = train(load_run_config(workdir / "run.toml", [*sets, f"train.out_dir='a{dtype}'"]),
+                      progress=False)
+    whole = losses(whole_dir)
+    paused = load_run_config(workdir / "run.toml", [*sets, f"train.out_dir='b{dtype}'"])
     train(paused, stop_after=10, progress=False)
     resumed = losses(train(paused, resume=True, progress=False))
     assert resumed == whole and len(whole) == 24
+    rows = [json.loads(line) for line in (whole_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(("loss_scale" in r) == (dtype == "fp16") for r in rows if "loss" in r)
+
+
+def test_fp16_skips_a_step_whose_gradients_overflow():
+    """Dynamic loss scaling: an overflowing step leaves the weights as they were and halves
+    the scale; the next good step is taken."""
+    import torch
+
+    from lmforge.train.precision import Precision
+
+    layer = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    precision = Precision("fp16", torch.device("cpu"))
+    precision.load_state_dict({**precision.state_dict(), "scale": 3e38})
+    before = layer.weight.detach().clone()
+    for scale in (3e38, 1.5e38):
+        assert precision.metrics()["loss_scale"] == pytest.approx(scale)
+        with precision.autocast():
+            loss = layer(torch.full((2, 4), 100.0)).float().sum()
+        precision.backward(loss)
+        precision.unscale(optimizer)
+        assert not precision.step(optimizer)
+        optimizer.zero_grad()
+        assert torch.equal(layer.weight, before)
+    precision.load_state_dict({**precision.state_dict(), "scale": 1024.0})
+    with precision.autocast():
+        precision.backward(layer(torch.ones(2, 4)).float().sum())
+    precision.unscale(optimizer)
+    assert precision.step(optimizer) and not torch.equal(layer.weight, before)
 
 
 def test_trained_run_generates_through_the_cli(workdir, capsys):
@@ -78,7 +112,7 @@ def test_schedule_and_bad_configs(workdir):
     with pytest.raises(LmforgeError, match="optimizr"):
         load_run_config(workdir / "run.toml", ["train.optimizr=1"])
     with pytest.raises(LmforgeError, match="dtype"):
-        load_run_config(workdir / "run.toml", ["train.dtype='fp16'"])
+        load_run_config(workdir / "run.toml", ["train.dtype='fp8'"])
     with pytest.raises(LmforgeError, match="no checkpoints"):
         train(load_run_config(workdir / "run.toml", ["train.out_dir='fresh'"]), resume=True,
               progress=False)

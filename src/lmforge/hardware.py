@@ -21,15 +21,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(line.partition(":")[2].split())
 
 
-def native_bf16() -> bool:
-    """Whether bf16 matrix products run in hardware (a CUDA GPU, or a CPU with AVX512-BF16
-    or AMX); elsewhere oneDNN emulates them and bf16 autocast is several times slower than
-    fp32."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether bf16 matrix products run in hardware on this device type: a CUDA GPU that
+    supports them, or a CPU with AVX512-BF16 or AMX. Elsewhere oneDNN emulates them and bf16
+    autocast is several times slower than fp32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return any(flag in cpu_flags() for flag in BF16_FLAGS)
 
 
-def auto_dtype() -> str:
+def auto_dtype(device_type: str = "cpu") -> str:
     """"bf16" where it is native, else "fp32"."""
-    return "bf16" if native_bf16() else "fp32"
+    return "bf16" if native_bf16(device_type) else "fp32"

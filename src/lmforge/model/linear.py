@@ -20,9 +20,10 @@ weight is re-packed inside every call, which at 2–8 rows costs as much as the 
 Measured on SmolLM2's 30 layers (2 threads, AVX2 EPYC): 8 rows 52.7 → 34.7 ms, 2 rows
 41.6 → 28.4 ms, 64 rows 142 → 108 ms; one row stays on the plain weight, whose matrix-vector
 product is already at the memory-bandwidth floor. The copy costs the weights' size again in
-memory (`LMFORGE_PACKED_WEIGHTS=0` turns it off) and is made again when the weight changes
-in place (its version counter moves: optimizer steps, `load_state_dict`, `copy_` under
-no_grad; writes through `.data` are not seen).
+memory (`LMFORGE_PACKED_WEIGHTS=0` turns it off) and is made again when the weight may have
+changed: its version counter moved (`load_state_dict`, `copy_` under no_grad), its storage
+moved, or any torch optimizer stepped (fused AdamW does not move version counters, so a
+global step hook drops every packed copy). Writes through `.data` are not seen.
 """
 
 from __future__ import annotations
@@ -33,11 +34,25 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 PACKED = ONEDNN and os.environ.get("LMFORGE_PACKED_WEIGHTS", "1") != "0"
 PACK_ROWS = 8  # oneDNN's blocking hint: decode batches are a few rows
-_packs: dict[int, tuple] = {}  # id(weight) → (version and address, packed), while it lives
+_packs: dict[int, tuple] = {}  # id(weight) → (version and address, packed)
+_watched: set[int] = set()  # weights whose death removes their entry
+
+
+def _forget(key: int) -> None:
+    _packs.pop(key, None)
+    _watched.discard(key)
+
+
+def _forget_all(*_hook_args) -> None:
+    _packs.clear()
+
+
+register_optimizer_step_post_hook(_forget_all)
 
 
 def _mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -75,8 +90,9 @@ def packed(weight: nn.Parameter) -> torch.Tensor:
     key = (weight._version, weight.data_ptr())
     entry = _packs.get(id(weight))
     if entry is None or entry[0] != key:
-        if entry is None:
-            weakref.finalize(weight, _packs.pop, id(weight), None)
+        if id(weight) not in _watched:
+            _watched.add(id(weight))
+            weakref.finalize(weight, _forget, id(weight))
         with torch.no_grad():
             entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS))
         _packs[id(weight)] = entry

@@ -41,7 +41,8 @@ class TrainSettings:
     beta2: float = 0.99
     momentum: float = 0.9  # sgd
     grad_clip: float = 1.0  # 0: off
-    dtype: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights) | auto (bf16 if native)
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (loss-scaled) | auto: train/precision.py
+    device: str = "auto"  # auto (a CUDA GPU if visible) | cpu | cuda
     eval_every: int = 250
     eval_batches: int = 20
     log_every: int = 10
@@ -60,9 +61,12 @@ class TrainSettings:
     def validate(self) -> None:
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise LmforgeError(f"train.optimizer={self.optimizer!r}: use adamw, adam or sgd")
-        if self.dtype not in ("fp32", "bf16", "auto"):
-            raise LmforgeError(f"train.dtype={self.dtype!r}: use fp32, bf16 or auto (bf16 "
-                               "where the CPU or GPU computes it natively, else fp32)")
+        if self.dtype not in ("fp32", "bf16", "fp16", "auto"):
+            raise LmforgeError(f"train.dtype={self.dtype!r}: use fp32, bf16, fp16 (with loss "
+                               "scaling, for GPUs) or auto (bf16 where the CPU or GPU computes "
+                               "it natively, else fp32)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise LmforgeError(f"train.device={self.device!r}: use auto, cpu or cuda")
         for name in ("batch_size", "block_size", "grad_accum", "max_steps", "eval_every",
                      "eval_batches", "log_every", "keep_last"):
             if getattr(self, name) < 1:

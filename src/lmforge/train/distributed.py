@@ -17,7 +17,7 @@ so every rank takes part in evaluation and checkpointing, and rank 0 writes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -29,6 +29,7 @@ from lmforge.errors import LmforgeError
 class World:
     rank: int = 0
     size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -46,7 +47,7 @@ class World:
         """The average of `value` over the ranks."""
         if self.size == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.item() / self.size
 
@@ -62,14 +63,15 @@ class World:
             dist.barrier()
 
 
-def setup() -> World:
-    """Join the process group that torchrun describes in the environment, if any."""
+def setup(device: torch.device) -> World:
+    """Join the process group that torchrun describes in the environment, if any: NCCL
+    between GPUs, gloo between CPU processes."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
-        return World()
+        return World(device=device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return World(dist.get_rank(), dist.get_world_size())
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), device)
 
 
 FSDP_PREFIX = "_fsdp_wrapped_module."
@@ -82,8 +84,9 @@ def wrap(model: torch.nn.Module, world: World, fsdp: bool = False) -> torch.nn.M
                            "under `torchrun --nproc_per_node N` (N ≥ 2), or set it to false")
     if world.size == 1:
         return model
+    gpu = [world.device.index] if world.device.type == "cuda" else None
     if not fsdp:
-        return torch.nn.parallel.DistributedDataParallel(model)
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=gpu)
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import CustomPolicy
 
@@ -95,10 +98,8 @@ def wrap(model: torch.nn.Module, world: World, fsdp: bool = False) -> torch.nn.M
     # gathered: each such projection is a unit of its own, gathered when it is called.
     kv = {id(m.kv) for m in model.modules() if isinstance(m, CrossAttention)}
     policy = CustomPolicy(lambda m: isinstance(m, Block) or id(m) in kv)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-        else torch.device("cpu")
     return FullyShardedDataParallel(model, auto_wrap_policy=policy, use_orig_params=True,
-                                    device_id=device)
+                                    device_id=world.device)
 
 
 def is_fsdp(module: torch.nn.Module) -> bool:

@@ -31,7 +31,6 @@ from lmforge.data.batches import Sampler
 from lmforge.data.lines import Specials, specials_for
 from lmforge.data.prepare import load_tokens
 from lmforge.errors import LmforgeError
-from lmforge.hardware import auto_dtype
 from lmforge.io import atomic_write_text
 from lmforge.model.config import ModelConfig
 from lmforge.model.moe import moe_aux_loss, moe_stats
@@ -42,6 +41,7 @@ from lmforge.train import state as ckpt
 from lmforge.train.config import RunConfig, TrainSettings
 from lmforge.train.metrics import MetricsLog
 from lmforge.train.objective import ObjectiveModel, make_sampler, needs_specials, resolve
+from lmforge.train.precision import Precision, pick_device
 
 MAX_NONFINITE = 5
 
@@ -86,17 +86,21 @@ def build(run: RunConfig, vocab_size: int, sp: Specials | None = None) -> Transf
     return model
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return batch if device.type == "cpu" else {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def evaluate(module: torch.nn.Module, sampler: Sampler, t: TrainSettings, step: int,
-             bytes_per_token: float | None, lm: bool) -> dict:
+             bytes_per_token: float | None, lm: bool, precision: Precision) -> dict:
     """Mean losses over `eval_batches` batches drawn with a fixed seed (comparable across
     evals, and independent of the training RNG)."""
     module.eval()
     gen = torch.Generator().manual_seed(t.seed + 1)
     sums: dict[str, float] = {}
     for _ in range(t.eval_batches):
-        with torch.autocast("cpu", torch.bfloat16, enabled=t.dtype == "bf16"):
-            out = module(sampler(gen, t.batch_size))
+        with precision.autocast():
+            out = module(to_device(sampler(gen, t.batch_size), precision.device))
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + v.item()
     module.train()
@@ -118,9 +122,10 @@ def layer_grad_norms(model: Transformer, world: distributed.World, sharded: bool
     blocks = [(str(i), b) for i, b in enumerate(model.layers)]
     if hasattr(model, "encoder"):
         blocks = [(f"encoder.{i}", b) for i, b in enumerate(model.encoder.layers)] + blocks
+    zero = torch.zeros((), device=next(model.parameters()).device)
     squares = torch.stack([
-        sum(((p.grad.float() ** 2).sum() for p in b.parameters() if p.grad is not None),
-            torch.zeros(())) for _, b in blocks])
+        sum(((p.grad.float() ** 2).sum() for p in b.parameters() if p.grad is not None), zero)
+        for _, b in blocks])
     if sharded:
         squares = world.sum(squares)
     return {name: v for (name, _), v in zip(blocks, squares.sqrt().tolist(), strict=True)}
@@ -134,7 +139,7 @@ def bytes_per_token(tokenizer, tokens: np.ndarray) -> float:
 def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
           progress: bool = True) -> Path:
     """Train, writing the run directory; `stop_after` pauses after that step (resumable)."""
-    world = distributed.setup()
+    world = distributed.setup(pick_device(run.train.device))
     try:
         return _train(run, resume, stop_after, progress and world.main, world)
     finally:
@@ -158,8 +163,6 @@ def save_checkpoint(run_dir: Path, step: int, wrapped: torch.nn.Module, task: Ob
 def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
            world: distributed.World) -> Path:
     t = run.train
-    if t.dtype == "auto":  # resolved once, so run_config.json records what the run used
-        t.dtype = auto_dtype()
     if t.threads:
         torch.set_num_threads(t.threads)
     run_dir = Path(t.out_dir)
@@ -173,6 +176,7 @@ def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
     torch.manual_seed(t.seed)
     task = ObjectiveModel(build(run, meta["vocab_size"], sp), objective, t.nsp)
     task.model.activation_checkpointing = t.activation_checkpointing
+    task.to(world.device)
     matrices = {n for n, p in task.named_parameters() if p.dim() >= 2}
     start = task.model.config.decoder_start_id
     sampler = make_sampler(objective, train_tokens, tokenizer, t, sp, start)
@@ -188,12 +192,17 @@ def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
         task.load_state_dict({**weights, **saved.get("heads", {})})
         gen.set_state(saved["batch_rng"])
         torch.set_rng_state(saved["torch_rng"])
+        if "cuda_rng" in saved and world.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], world.device)
         step, best = saved["step"], saved["best_val"]
     wrapped = distributed.wrap(task, world, t.fsdp)
     sharded = distributed.is_fsdp(wrapped)
+    precision = Precision(t.dtype, world.device, sharded)
+    t.dtype = precision.dtype  # "auto" resolved: run_config.json records what the run used
     optimizer = make_optimizer(wrapped if sharded else task, t, matrices)
     if saved is not None:
         distributed.load_optimizer_state(wrapped, optimizer, saved["optimizer"])
+        precision.load_state_dict(saved.get("scaler", {}))
     if world.main:
         atomic_write_text(run_dir / "run_config.json",
                           json.dumps(run.to_dict(), indent=2) + "\n")
@@ -214,10 +223,10 @@ def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
         total = 0.0
         for _ in range(t.grad_accum):
             batch = task.shard(sampler(gen, t.batch_size), rows, world.size)
-            with torch.autocast("cpu", torch.bfloat16, enabled=t.dtype == "bf16"):
-                loss = wrapped(batch)["loss"] / t.grad_accum
+            with precision.autocast():
+                loss = wrapped(to_device(batch, world.device))["loss"] / t.grad_accum
                 aux = moe_aux_loss(task.model) / t.grad_accum  # 0 without experts
-            (loss + aux).backward()
+            precision.backward(loss + aux)
             total += loss.item()
         total = world.mean(total)
         step += 1
@@ -231,27 +240,33 @@ def _train(run: RunConfig, resume: bool, stop_after: int | None, progress: bool,
                                    " lower train.lr or use train.dtype = \"fp32\"")
             continue
         nonfinite = 0
+        precision.unscale(optimizer)
         norms = layer_grad_norms(task.model, world, sharded) if step % t.log_every == 0 \
             else None
         grad_norm = distributed.clip_grad_norm(
             wrapped if sharded else task, t.grad_clip if t.grad_clip > 0 else float("inf"))
-        optimizer.step()
+        stepped = precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
+        if not stepped and log:
+            log.log({"step": step, "skipped": "inf/NaN gradients in fp16", **precision.metrics()})
         rate = tokens_per_step / (time.perf_counter() - t0)
         bar.update(1)
         bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{rate:,.0f}")
         if norms is not None and log:
             log.log({"step": step, "loss": total, "lr": lr, "grad_norm": grad_norm,
                      "tokens_per_s": rate, "tokens_seen": step * tokens_per_step,
-                     "layer_grad_norms": norms, **moe_stats(task.model)})
+                     "layer_grad_norms": norms, **precision.metrics(),
+                     **moe_stats(task.model)})
         if step % t.eval_every == 0 or step == t.max_steps or step == last:
             if log or sharded:  # under FSDP every rank takes part in the forward passes
                 row = evaluate(wrapped if sharded else task, val_sampler, t, step, bpt,
-                               objective in ("causal_lm", "prefix_lm"))
+                               objective in ("causal_lm", "prefix_lm"), precision)
                 improved = row["val_loss"] < best
                 best = min(best, row["val_loss"])
                 extra = {"step": step, "best_val": best, "batch_rng": gen.get_state(),
-                         "torch_rng": torch.get_rng_state()}
+                         "torch_rng": torch.get_rng_state(), "scaler": precision.state_dict()}
+                if world.device.type == "cuda":
+                    extra["cuda_rng"] = torch.cuda.get_rng_state(world.device)
                 save_checkpoint(run_dir, step, wrapped, task, optimizer, extra, tokenizer, t,
                                 world, improved)
             if log:
