@@ -229,6 +229,8 @@ def main() -> None:
     parser.add_argument("--full-vocab", action="store_true",
                         help="keep SmolLM2's 49,152 ids instead of the 9,514 PTB uses")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--out", default="moe",
+                        help="results name: benchmarks/results/NAME.json and NAME_utilisation.png")
     parser.add_argument("--peak", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--vocab", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -245,7 +247,8 @@ def main() -> None:
     memory = {name: peak_memory(name, vocab) for name in VARIANTS}
     per_seed = [train_seed(s, args.steps, train, val, vocab, args.val_windows)
                 for s in args.seeds]
-    plot({n: per_seed[0][n]["utilisation"] for n in VARIANTS}, RESULTS / "moe_utilisation.png")
+    plot({n: per_seed[0][n]["utilisation"] for n in VARIANTS},
+         RESULTS / f"{args.out}_utilisation.png")
     results = summarise(per_seed, vocab, memory)
     record = {"benchmark": "moe", "threads": args.threads, "shape": SHAPE, "vocab": vocab,
               "dtype": "bf16" if args.bf16 else "fp32", "batch": BATCH,
@@ -260,7 +263,7 @@ def main() -> None:
               f"{r['tokens_per_s']:8.0f}{r['tokens_per_s_ratio_to_dense']:8.2f}"
               f"{p['total'] / 1e6:8.2f}M{p['active'] / 1e6:8.2f}M"
               f"{p['active_no_embed'] / 1e6:8.2f}M{r['peak_memory_mib']:9.0f}")
-    atomic_write_text(RESULTS / "moe.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(RESULTS / f"{args.out}.json", json.dumps(record, indent=2) + "\n")
     print(json.dumps(record))
 
 
