@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,18 @@ def shakespeare_char(tmp_path_factory) -> Path:
     text = SHARED_DATA / "tinyshakespeare"
     prepare("char", [str(text / "train.txt")], d, val=str(text / "val.txt"), progress=False)
     return d
+
+
+TINY_TRAIN = {"batch_size": 8, "block_size": 32, "max_steps": 24, "lr": 3e-3, "warmup_steps": 4,
+              "eval_every": 8, "eval_batches": 2, "log_every": 1}
+
+
+def tiny_run_toml(model: str = "", train: str = "", **values) -> str:
+    """The TOML of a run of a tiny model (2 layers of width 32) on the `data/` beside it:
+    `model` and `train` are extra lines of those tables; `values` replace TINY_TRAIN's."""
+    fields = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {**TINY_TRAIN, **values}.items())
+    return (f"[model]\nd_model = 32\nn_layer = 2\nn_head = 4\nd_ff = 64\n{model}\n"
+            f"[data]\ndir = \"data\"\n[train]\n{fields}\n{train}\n")
 
 
 def run_workdir(directory: Path, data: Path, configs: dict[str, str]) -> Path:

@@ -26,29 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_workdir
-
-CONFIG = """
-[model]
-d_model = 32
-n_layer = 2
-n_head = 4
-d_ff = 64
-{model}
-[data]
-dir = "data"
-[train]
-batch_size = 8
-block_size = 32
-max_steps = 6
-lr = 3e-3
-warmup_steps = 2
-eval_every = 3
-eval_batches = 2
-log_every = 1
-threads = 1
-{train}
-"""
+from conftest import run_workdir, tiny_run_toml
 
 RUNS = {  # name: ([model] lines, [train] lines)
     "decoder": ("", ""),
@@ -67,7 +45,8 @@ MOE_SETS = ("--set", "train.batch_size=2")
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, shakespeare_char):
     return run_workdir(tmp_path_factory.mktemp("distributed"), shakespeare_char, {
-        f"{name}.toml": CONFIG.format(model=model, train=extra)
+        f"{name}.toml": tiny_run_toml(model, extra, max_steps=6, warmup_steps=2, eval_every=3,
+                                      threads=1)
         for name, (model, extra) in RUNS.items()})
 
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_workdir
+from conftest import run_workdir, tiny_run_toml
 
 from lmforge.data.lines import specials_for
 from lmforge.data.prepare import load_tokens
@@ -17,29 +17,6 @@ from lmforge.tokenizers import load_tokenizer
 from lmforge.train.config import load_run_config
 from lmforge.train.loop import build, train
 from lmforge.train.objective import ObjectiveModel, make_sampler, needs_specials, resolve
-
-CONFIG = """
-[model]
-d_model = 32
-n_layer = 2
-n_head = 4
-d_ff = 64
-{model}
-[data]
-dir = "data"
-[train]
-out_dir = "{name}"
-batch_size = 8
-block_size = 48
-max_steps = 24
-lr = 3e-3
-warmup_steps = 4
-eval_every = 12
-eval_batches = 2
-log_every = 1
-threads = 1
-{train}
-"""
 
 FAMILIES = {  # name: ([model] lines, [train] lines)
     "decoder": ("", ""),
@@ -54,7 +31,8 @@ FAMILIES = {  # name: ([model] lines, [train] lines)
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, shakespeare_char):
     return run_workdir(tmp_path_factory.mktemp("families"), shakespeare_char, {
-        f"{name}.toml": CONFIG.format(model=model, train=extra, name=name)
+        f"{name}.toml": tiny_run_toml(model, extra, out_dir=name, block_size=48, eval_every=12,
+                                      threads=1)
         for name, (model, extra) in FAMILIES.items()})
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_workdir
+from conftest import run_workdir, tiny_run_toml
 
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
@@ -213,30 +213,8 @@ def test_param_counts():
     assert counts["total"] - counts["total_no_embed"] == 97 * 16
 
 
-CONFIG = """
-[model]
-d_model = 32
-n_layer = 2
-n_head = 4
-d_ff = 64
-moe_experts = 4
-moe_routing = "switch"
-moe_capacity_factor = 1.0
-moe_layers = [1]
-[data]
-dir = "data"
-[train]
-out_dir = "run"
-batch_size = 8
-block_size = 32
-max_steps = 16
-lr = 3e-3
-warmup_steps = 4
-eval_every = 8
-eval_batches = 2
-log_every = 1
-dtype = "bf16"
-"""
+CONFIG = tiny_run_toml('moe_experts = 4\nmoe_routing = "switch"\nmoe_capacity_factor = 1.0\n'
+                     'moe_layers = [1]', out_dir="run", max_steps=16, dtype="bf16")
 
 
 @pytest.fixture(scope="module")

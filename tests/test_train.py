@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import run_workdir
+from conftest import run_workdir, tiny_run_toml
 
 from lmforge import hardware
 from lmforge.cli import main
@@ -14,25 +14,7 @@ from lmforge.errors import LmforgeError
 from lmforge.train.config import load_run_config
 from lmforge.train.loop import lr_at, train
 
-CONFIG = """
-[model]
-d_model = 32
-n_layer = 2
-n_head = 4
-d_ff = 64
-[data]
-dir = "data"
-[train]
-out_dir = "run"
-batch_size = 8
-block_size = 32
-max_steps = 24
-lr = 3e-3
-warmup_steps = 4
-eval_every = 8
-eval_batches = 2
-log_every = 1
-"""
+CONFIG = tiny_run_toml(out_dir="run")
 
 
 @pytest.fixture(scope="module")
