@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from conftest import run_workdir, tiny_run_toml
 
 from lmforge import hardware
@@ -56,8 +57,6 @@ def test_resume_continues_exactly(workdir, dtype):
 def test_fp16_skips_a_step_whose_gradients_overflow():
     """Dynamic loss scaling: an overflowing step leaves the weights as they were and halves
     the scale; the next good step is taken."""
-    import torch
-
     from lmforge.train.precision import Precision
 
     layer = torch.nn.Linear(4, 1)
@@ -95,6 +94,12 @@ def test_schedule_and_bad_configs(workdir):
         load_run_config(workdir / "run.toml", ["train.optimizr=1"])
     with pytest.raises(LmforgeError, match="dtype"):
         load_run_config(workdir / "run.toml", ["train.dtype='fp8'"])
+    with pytest.raises(LmforgeError, match="device"):
+        load_run_config(workdir / "run.toml", ["train.device='tpu'"])
+    if not torch.cuda.is_available():
+        with pytest.raises(LmforgeError, match="no CUDA GPU is visible"):
+            train(load_run_config(workdir / "run.toml", ["train.device='cuda'"]),
+                  progress=False)
     with pytest.raises(LmforgeError, match="no checkpoints"):
         train(load_run_config(workdir / "run.toml", ["train.out_dir='fresh'"]), resume=True,
               progress=False)
