@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from lmforge.api import load, parse_dtype
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.engine import Rows, cache_for, generate_ids, prefill
+from lmforge.hardware import cpu_name
 from lmforge.model.linear import linear
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -122,13 +122,6 @@ def bench_dtype(name: str, reps: int, prompt: list[int], batch_prompts: list[lis
     out["ratio"] = {k: out["lmforge"][k] / out["transformers"][k]
                     for k in out["lmforge"] if k.endswith("per_s")}
     return out
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import jieba
 
+from lmforge.hardware import cpu_name
 from lmforge.io import atomic_write_text
 from lmforge.segment import Dictionary, score_lines, segment_lines
 
@@ -58,13 +59,6 @@ def trie_megabytes(words: list[str]) -> float:
     size = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     return size / 1e6
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def run(repeat: int, reps: int) -> dict:
