@@ -270,6 +270,9 @@ def stop_and_error(page, expect) -> None:
     page.locator("#stop").click()
     expect(stats).to_contain_text("Stopped")
     assert bots.last.inner_text().strip()  # the partial answer stays
+    # let Gradio finish cancelling the stopped event: a message sent within the same instant
+    # can meet the cancellation and end in Gradio's "Error" (seen once in CI; open in #7's note)
+    page.wait_for_timeout(2000)
     set_max_tokens(page, 8)
     send(page, "Thanks.")
     answered(page, expect, 4)
