@@ -14,6 +14,7 @@ from functools import cached_property
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.generate.compiled import compile_decode
 from lmforge.generate.engine import Engine
 from lmforge.interop.load import load_weights, resolve_model
 from lmforge.model.config import ModelConfig
@@ -72,11 +73,14 @@ def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor],
     return model.to(dtype).eval()
 
 
-def load(spec: str, dtype: str = "fp32") -> LoadedModel:
-    """Load a built-in model name, a .gguf file, a Hugging Face or an lmforge directory."""
+def load(spec: str, dtype: str = "fp32", compile: bool = False) -> LoadedModel:
+    """Load a built-in model name, a .gguf file, a Hugging Face or an lmforge directory;
+    `compile`: decode steps through torch.compile (`lmforge.generate.compiled`)."""
     source = resolve_model(spec)
     config, state_dict, tokenizer, meta = load_weights(spec)
     if tokenizer is None:
         raise LmforgeError(f"{source.path} has no tokenizer; add tokenizer files to generate")
     model = build_model(config, state_dict, parse_dtype(dtype))
+    if compile:
+        compile_decode(model)
     return LoadedModel(model, tokenizer, source.name, str(source.path), meta)

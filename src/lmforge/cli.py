@@ -24,7 +24,7 @@ import torch
 
 from lmforge.console import chat_loop, print_answer, take_dropped
 from lmforge.errors import LmforgeError
-from lmforge.generate.config import HELP, GenerationConfig
+from lmforge.generate.config import COMPILE_HELP, HELP, GenerationConfig
 from lmforge.ngram.commands import register as register_ngram
 from lmforge.segment.commands import register as register_segment
 from lmforge.serve.commands import register as register_serve
@@ -40,6 +40,7 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="weights and activations dtype (default fp32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
 
 def json_object(text: str) -> dict:
@@ -82,7 +83,7 @@ def load(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(args.model, dtype=args.dtype)
+    return load_model(args.model, dtype=args.dtype, compile=args.compile)
 
 
 def cmd_models(args: argparse.Namespace) -> None:

@@ -102,8 +102,8 @@ class CacheStep:
         self.length = max(s + n for s, n in zip(starts, n_new, strict=True))
         first = slots[0]
         contiguous = slots == list(range(first, first + len(slots)))
-        self.rows = slice(first, first + len(slots)) if contiguous else torch.tensor(
-            slots, device=device)
+        self.row_ids = torch.tensor(slots, device=device)
+        self.rows = slice(first, first + len(slots)) if contiguous else self.row_ids
         self.uniform_start = starts[0] if len(set(starts)) == 1 else None
         self.causal = False
         self.mask = None
@@ -131,6 +131,15 @@ class CacheStep:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nkv, T, hd) at each row's positions; return (B, nkv, L, hd) views."""
+        if torch.compiler.is_compiling() and self.windows is not None:
+            read_k, read_v = self.windows[2], self.windows[3]
+            torch.ops.lmforge.kv_write_at(read_k, read_v, k, v, layer, self.uniform_start)
+            return read_k[layer], read_v[layer]
+        if torch.compiler.is_compiling():
+            torch.ops.lmforge.kv_write(self.cache.k, self.cache.v, k, v, layer, self.row_ids,
+                                       self.positions)
+            ck, cv = self.cache.k[layer], self.cache.v[layer]
+            return ck[self.rows, :, : self.length], cv[self.rows, :, : self.length]
         if self.windows is not None:
             write_k, write_v, read_k, read_v = self.windows
             write_k[layer].copy_(k)
@@ -141,3 +150,29 @@ class CacheStep:
         ck[r, :, self.positions] = k.transpose(1, 2)
         cv[r, :, self.positions] = v.transpose(1, 2)
         return ck[self.rows, :, : self.length], cv[self.rows, :, : self.length]
+
+
+
+def kv_write(cache_k: torch.Tensor, cache_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             layer: int, rows: torch.Tensor, positions: torch.Tensor) -> None:
+    """Store k, v (B, nkv, T, hd) at positions (B, T) of rows (B,) of one layer, in place."""
+    r = rows[:, None]
+    cache_k[layer][r, :, positions] = k.transpose(1, 2)
+    cache_v[layer][r, :, positions] = v.transpose(1, 2)
+
+
+def kv_write_at(window_k: torch.Tensor, window_v: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor, layer: int, start: int) -> None:
+    """Store k, v (B, nkv, T, hd) at positions start… of every row of a window, in place."""
+    window_k[layer, :, :, start: start + k.shape[2]].copy_(k)
+    window_v[layer, :, :, start: start + v.shape[2]].copy_(v)
+
+
+_lib = torch.library.Library("lmforge", "FRAGMENT")
+_lib.define("kv_write(Tensor(a!) cache_k, Tensor(b!) cache_v, Tensor k, Tensor v, int layer, "
+            "Tensor rows, Tensor positions) -> ()")
+_lib.define("kv_write_at(Tensor(a!) window_k, Tensor(b!) window_v, Tensor k, Tensor v, "
+            "int layer, SymInt start) -> ()")
+for _name, _fn in (("kv_write", kv_write), ("kv_write_at", kv_write_at)):
+    _lib.impl(_name, _fn, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"lmforge::{_name}", lambda *args: None)

@@ -19,6 +19,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.generate.cache import KVCache
+from lmforge.generate.compiled import decode_forward
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.processors import DecodeState, build_processors, process, sample
 from lmforge.generate.text import TextStream
@@ -55,7 +56,7 @@ def decode_step(model: Transformer, cache: KVCache, slots: list[int], tokens: li
                 memory: CrossMemory | None = None) -> torch.Tensor:
     """One new token for each slot; logits (B, vocab). `memory`: the rows' encoder output."""
     ids = torch.tensor(tokens, device=cache.k.device)[:, None]
-    return model(ids, cache=cache.step(slots), memory=memory)[:, -1]
+    return decode_forward(model)(ids, cache=cache.step(slots), memory=memory)[:, -1]
 
 
 @torch.inference_mode()

@@ -24,6 +24,11 @@ memory (`LMFORGE_PACKED_WEIGHTS=0` turns it off) and is made again when the weig
 changed: its version counter moved (`load_state_dict`, `copy_` under no_grad), its storage
 moved, or any torch optimizer stepped (fused AdamW does not move version counters, so a
 global step hook drops every packed copy). Writes through `.data` are not seen.
+
+Under `torch.compile` (the compiled decode step, `lmforge.generate.compiled`) the product is
+the custom op `lmforge::linear`: opaque to Inductor, which calls it as an external kernel
+and so keeps oneDNN and the packed weights (Inductor cannot lower the oneDNN op on a weight
+that is not a frozen constant, and its own fp32 product is MKL's).
 """
 
 from __future__ import annotations
@@ -106,10 +111,30 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return OneDNNLinear.apply(x, weight, bias)
+    if torch.compiler.is_compiling():
+        return torch.ops.lmforge.linear(x, weight, bias)
+    return inference_linear(x, weight, bias)
+
+
+def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                     ) -> torch.Tensor:
+    """x·Wᵀ + b through oneDNN, without autograd; also the op `lmforge::linear`."""
     if (PACKED and isinstance(weight, nn.Parameter) and x.numel() >= 2 * x.shape[-1]
             and not weight.is_inference()):  # an inference tensor has no version to watch
         return _mm(x, packed(weight), bias)
     return _mm(x, weight, bias)
+
+
+# A plain library op rather than `torch.library.custom_op`: the same opacity to torch.compile
+# with less Python around each call (a decode step makes one per projection).
+_lib = torch.library.Library("lmforge", "FRAGMENT")
+_lib.define("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+_lib.impl("linear", inference_linear, "CPU")
+
+
+@torch.library.register_fake("lmforge::linear")
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 class Linear(nn.Linear):

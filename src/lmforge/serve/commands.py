@@ -1,4 +1,5 @@
-"""`lmforge serve`: an OpenAI-compatible API server (only argparse is imported here).
+"""`lmforge serve`: an OpenAI-compatible API server (only argparse and the generation config
+are imported here).
 
     lmforge serve --model smollm2 --model minilm --port 8000
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+
+from lmforge.generate.config import COMPILE_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prefill every prompt whole (to measure what prefix reuse saves)")
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     s.set_defaults(func=cmd_serve)
 
 
@@ -55,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise LmforgeError("--ctx must be at least 2")
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = [load(spec, dtype=args.dtype) for spec in args.model]
+    models = [load(spec, dtype=args.dtype, compile=args.compile) for spec in args.model]
     state, lines = make_state(models, args.served_model_name, args.ctx, args.max_batch,
                               args.max_queue, args.kv_cache_gb, args.api_key,
                               not args.no_prefix_reuse)

@@ -3,12 +3,15 @@
     lmforge web --model smollm2 [--dtype bf16] [--port 7860]
     lmforge web --api http://127.0.0.1:8000 [--api-key KEY] [--model-name ID]
 
-Only argparse is imported here; torch, Gradio and the model load inside the command.
+Only argparse and the generation config are imported here; Gradio and the model load inside
+the command.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from lmforge.generate.config import COMPILE_HELP
 
 MODEL_HELP = ("run this model in process: a built-in name (see `lmforge models`), a .gguf file, "
               "or a Hugging Face / lmforge checkpoint or run directory")
@@ -30,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="weights dtype with --model (default fp32)")
     w.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    w.add_argument("--compile", action="store_true", help=COMPILE_HELP + " (with --model)")
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     w.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     w.add_argument("--system", default="", help="the system prompt the page opens with")
@@ -49,6 +53,8 @@ def cmd_web(args: argparse.Namespace) -> None:
 
     if args.model and (args.api_key or args.model_name):
         raise LmforgeError("--api-key and --model-name go with --api, not --model")
+    if args.api and args.compile:
+        raise LmforgeError("--compile goes with --model: the --api server decodes, not this page")
     if not 0 < args.port < 65536:
         raise LmforgeError(f"--port {args.port} is not a port number (1-65535)")
     defaults = web.Defaults(args.system, args.temperature, args.top_p, args.top_k,
@@ -65,5 +71,6 @@ def cmd_web(args: argparse.Namespace) -> None:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        backend = web.LocalBackend(load(args.model, dtype=args.dtype), args.dtype)
+        backend = web.LocalBackend(load(args.model, dtype=args.dtype, compile=args.compile),
+                                   args.dtype)
     web.launch(backend, defaults, args.host, args.port)
