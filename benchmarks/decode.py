@@ -1,6 +1,6 @@
 """Prefill and decode speed of lmforge against Hugging Face transformers on SmolLM2.
 
-    python benchmarks/decode.py --threads 2 [--dtypes fp32 bf16] [--reps 3]
+    python benchmarks/decode.py --threads 2 [--dtypes fp32 bf16] [--reps 3] [--compile]
 
 Both run the same GGUF in the same process, with the same threads, alternating repetitions
 after a warm-up; each figure is the median of --reps. Prefill: tokens/s for a 512-token
@@ -9,7 +9,9 @@ tokens/s at batch 1 and 8 without the prefill: (time for 129 new tokens − time
 with the stop token disabled on both sides. The weight-streaming floor is one
 matrix-vector product over every weight matrix and the output head in the same dtype, with
 the faster of MKL's and oneDNN's kernels; the batch-1 decode figures are also printed as a
-fraction of it. Ends with one JSON record.
+fraction of it. --compile adds a third contender to every decode case: lmforge with its
+decode steps compiled (`lmforge.generate.compiled`; compiled before the timing starts, and
+the warm-up repetition absorbs the recompilations for batch 8). Ends with one JSON record.
 """
 
 from __future__ import annotations
@@ -88,39 +90,46 @@ def floor_seconds(model, reps: int) -> float:
     return best
 
 
-def bench_dtype(name: str, reps: int, prompt: list[int], batch_prompts: list[list[int]]) -> dict:
+def bench_dtype(name: str, reps: int, prompt: list[int], batch_prompts: list[list[int]],
+                compiled: bool) -> dict:
     dtype = parse_dtype(name)
     lm = load("smollm2", dtype=name)
     hf = load_transformers(dtype)
-    cases = {
-        "prefill_512": (lambda: ours_prefill(lm, prompt), lambda: hf_prefill(hf, prompt), 512),
-    }
+    runners = {"lmforge": lm}
+    if compiled:  # a second copy whose decode steps are compiled (prefills stay eager)
+        runners["lmforge-compiled"] = load("smollm2", dtype=name, compile=True)
+    cases = {"prefill_512": {"lmforge": lambda: ours_prefill(lm, prompt),
+                             "transformers": lambda: hf_prefill(hf, prompt)}}
     for batch in (1, 8):
         rows = batch_prompts[:batch]
         for new in (1, 129):
-            cases[f"gen_b{batch}_{new}"] = (lambda r=rows, n=new: ours_generate(lm, r, n),
-                                            lambda r=rows, n=new: hf_generate(hf, r, n), 0)
-    times: dict[str, dict[str, list[float]]] = {k: {"lmforge": [], "transformers": []}
-                                               for k in cases}
+            case = {who: lambda m=m, r=rows, n=new: ours_generate(m, r, n)
+                    for who, m in runners.items()}
+            case["transformers"] = lambda r=rows, n=new: hf_generate(hf, r, n)
+            cases[f"gen_b{batch}_{new}"] = case
+    times = {k: {who: [] for who in case} for k, case in cases.items()}
     for rep in range(reps + 1):  # the first repetition is the warm-up
-        for key, (ours, theirs, _) in cases.items():
-            pair = [("lmforge", ours), ("transformers", theirs)]
-            for who, fn in (pair if rep % 2 == 0 else pair[::-1]):
+        for key, case in cases.items():
+            order = list(case.items())
+            for who, fn in (order if rep % 2 == 0 else order[::-1]):
                 t = timed(fn)
                 if rep:
                     times[key][who].append(t)
     med = {k: {w: statistics.median(v) for w, v in d.items()} for k, d in times.items()}
     floor = floor_seconds(lm.model, reps)
     out = {"dtype": name, "floor_tokens_per_s": 1 / floor}
-    for who in ("lmforge", "transformers"):
-        r = {"prefill_tokens_per_s": 512 / med["prefill_512"][who]}
+    for who in [*runners, "transformers"]:
+        r = {}
+        if who in med["prefill_512"]:
+            r["prefill_tokens_per_s"] = 512 / med["prefill_512"][who]
         for batch in (1, 8):
             dt = med[f"gen_b{batch}_129"][who] - med[f"gen_b{batch}_1"][who]
             r[f"decode_b{batch}_tokens_per_s"] = batch * 128 / dt
         r["decode_b1_fraction_of_floor"] = r["decode_b1_tokens_per_s"] * floor
         out[who] = r
-    out["ratio"] = {k: out["lmforge"][k] / out["transformers"][k]
-                    for k in out["lmforge"] if k.endswith("per_s")}
+    for who in runners:
+        out["ratio" if who == "lmforge" else f"ratio_{who}"] = {
+            k: out[who][k] / out["transformers"][k] for k in out[who] if k.endswith("per_s")}
     return out
 
 
@@ -130,6 +139,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--compile", action="store_true",
+                        help="also run lmforge with compiled decode steps (--compile)")
     parser.add_argument("--json", type=Path, default=None, help="also write the record here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -140,14 +151,20 @@ def main() -> None:
     record = {"benchmark": "decode", "threads": args.threads, "cpu": cpu_name(),
               "torch": torch.__version__, "results": []}
     for name in args.dtypes:
-        res = bench_dtype(name, args.reps, prompt, batch_prompts)
+        res = bench_dtype(name, args.reps, prompt, batch_prompts, args.compile)
         record["results"].append(res)
         print(f"\n== {name} (floor {res['floor_tokens_per_s']:.1f} tokens/s)")
-        print(f"{'':24}{'lmforge':>12}{'transformers':>14}{'ratio':>8}")
-        for k, ratio in res["ratio"].items():
-            print(f"{k:24}{res['lmforge'][k]:12.1f}{res['transformers'][k]:14.1f}{ratio:8.2f}")
-        print(f"{'decode_b1 / floor':24}{res['lmforge']['decode_b1_fraction_of_floor']:12.0%}"
-              f"{res['transformers']['decode_b1_fraction_of_floor']:14.0%}")
+        ours = ["lmforge", *(["lmforge-compiled"] if args.compile else [])]
+        print(f"{'':24}" + "".join(f"{w:>18}" for w in [*ours, "transformers"])
+              + "".join(f"{'ratio':>8}" for _ in ours))
+        for k in res["lmforge"]:
+            cells = [res[w].get(k) for w in [*ours, "transformers"]]
+            ratios = [c / cells[-1] if c is not None else None for c in cells[:-1]]
+            fmt = "{:18.0%}" if k.endswith("floor") else "{:18.1f}"
+            print(f"{k:24}" + "".join(fmt.format(c) if c is not None else f"{'-':>18}"
+                                      for c in cells)
+                  + ("" if k.endswith("floor") else "".join(
+                      f"{r:8.2f}" if r is not None else f"{'-':>8}" for r in ratios)))
     print(json.dumps(record))
     if args.json:
         args.json.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """Mixture of experts against dense decoders of equal active parameters, on Penn Treebank.
 
     python benchmarks/moe.py --threads 2 [--steps 150] [--seeds 0 1 2] [--full-vocab] [--bf16]
+                             [--device cuda]
 
 Data: ../shared/data/ptb tokenised with SmolLM2's tokenizer (prepared once into
 data/ptb-smollm2). PTB uses only 9,514 of the tokenizer's 49,152 ids (every validation id
@@ -8,7 +9,9 @@ occurs in training), so by default the ids are renumbered onto those 9,514: the 
 stream with a 5× smaller embedding and head, which otherwise dominate the time at this width
 (--full-vocab keeps all 49,152). Every model: 4 layers, width 256, 4 heads, SwiGLU, context
 256, tied embeddings; batch 8 × 256 tokens, AdamW (lr 2e-3, 10% warmup, cosine to 2e-4),
-fp32 (--bf16: autocast; slower than fp32 on CPUs without native bf16).
+fp32 (--bf16: autocast; slower than fp32 on CPUs without native bf16). --device cuda
+trains on a GPU (the whole 1,500-step, 3-seed comparison is minutes there, hours on 2 CPU
+cores); step times are then measured after a synchronize and peak memory is CUDA's.
 Variants, with F = 1024:
 
     dense     feed-forward width F
@@ -41,6 +44,7 @@ import torch
 from tqdm import tqdm
 
 from lmforge.data.prepare import load_tokens, prepare
+from lmforge.hardware import cpu_name
 from lmforge.io import atomic_write, atomic_write_text
 from lmforge.model.config import ModelConfig
 from lmforge.model.moe import moe_aux_loss, moe_stats, param_counts
@@ -61,6 +65,24 @@ VARIANTS = {
 }
 BATCH, BLOCK = 8, 256
 AUTOCAST = {"enabled": False}
+DEVICE = {"type": "cpu"}
+
+
+def sync() -> None:
+    if DEVICE["type"] == "cuda":
+        torch.cuda.synchronize()
+
+
+def rng_state() -> tuple:
+    """The generators router noise draws from (the CPU's, and the GPU's when training there)."""
+    return (torch.get_rng_state(),
+            torch.cuda.get_rng_state() if DEVICE["type"] == "cuda" else None)
+
+
+def set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
 
 
 def data() -> Path:
@@ -96,31 +118,33 @@ class Run:
         torch.manual_seed(seed)
         self.name, self.model = name, Transformer(model_config(name, vocab))
         self.model.init_weights(std=0.02, seed=seed)
-        self.model.train()
+        self.model.to(DEVICE["type"]).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.1,
                                      betas=(0.9, 0.99), fused=True)
         self.gen = torch.Generator().manual_seed(seed)  # the same batches for every variant
-        self.rng = torch.get_rng_state()  # router noise: each model its own stream
+        self.rng = rng_state()  # router noise: each model its own stream
         self.times: list[float] = []
         self.utilisation: list[tuple[int, dict]] = []
 
     def step(self, tokens: np.ndarray, step: int, steps: int) -> None:
         starts = torch.randint(len(tokens) - BLOCK - 1, (BATCH,), generator=self.gen).tolist()
         rows = torch.from_numpy(np.stack([tokens[s: s + BLOCK + 1] for s in starts])
-                                .astype(np.int64))
-        torch.set_rng_state(self.rng)
+                                .astype(np.int64)).to(DEVICE["type"])
+        set_rng_state(self.rng)
+        sync()
         t0 = time.perf_counter()
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, steps)
-        with torch.autocast("cpu", torch.bfloat16, **AUTOCAST):
+        with torch.autocast(DEVICE["type"], torch.bfloat16, **AUTOCAST):
             loss = causal_lm_loss(self.model(rows[:, :-1]), rows[:, 1:])
             loss = loss + moe_aux_loss(self.model)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        sync()
         self.times.append(time.perf_counter() - t0)
-        self.rng = torch.get_rng_state()
+        self.rng = rng_state()
         stats = moe_stats(self.model)
         if stats:
             self.utilisation.append((step, stats))
@@ -133,7 +157,8 @@ class Run:
             n = min(BATCH, windows - i)
             rows = torch.from_numpy(np.stack([tokens[(i + j) * BLOCK: (i + j + 1) * BLOCK + 1]
                                               for j in range(n)]).astype(np.int64))
-            with torch.autocast("cpu", torch.bfloat16, **AUTOCAST):
+            rows = rows.to(DEVICE["type"])
+            with torch.autocast(DEVICE["type"], torch.bfloat16, **AUTOCAST):
                 losses.append(causal_lm_loss(self.model(rows[:, :-1]), rows[:, 1:]).item() * n)
         self.model.train()
         return sum(losses) / windows
@@ -155,8 +180,8 @@ def train_seed(seed: int, steps: int, train: np.ndarray, val: np.ndarray, vocab:
 
 def peak_memory(name: str, vocab: int) -> float:
     """MiB by which one training step raises the peak RSS of a fresh process (this script
-    with --peak NAME)."""
-    flags = ["--bf16"] if AUTOCAST["enabled"] else []
+    with --peak NAME); on a GPU, the peak of CUDA's allocator."""
+    flags = (["--bf16"] if AUTOCAST["enabled"] else []) + ["--device", DEVICE["type"]]
     out = subprocess.run([sys.executable, __file__, "--peak", name, "--vocab", str(vocab), *flags],
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -168,7 +193,10 @@ def peak_child(name: str, vocab: int) -> None:
     run = Run(name, vocab, 0)
     for step in range(2):
         run.step(tokens, step, 2)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    if DEVICE["type"] == "cuda":
+        print(torch.cuda.max_memory_allocated() / 2**20)
+    else:
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 
 
 def plot(utilisation: dict[str, list], path: Path) -> None:
@@ -219,6 +247,10 @@ def summarise(per_seed: list[dict], vocab: int, memory: dict[str, float]) -> dic
     return out
 
 
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_name()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,6 +261,7 @@ def main() -> None:
     parser.add_argument("--full-vocab", action="store_true",
                         help="keep SmolLM2's 49,152 ids instead of the 9,514 PTB uses")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default="moe",
                         help="results name: benchmarks/results/NAME.json and NAME_utilisation.png")
     parser.add_argument("--peak", default=None, help=argparse.SUPPRESS)
@@ -236,6 +269,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     AUTOCAST["enabled"] = args.bf16
+    DEVICE["type"] = args.device
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU is visible to torch")
     if args.peak:
         return peak_child(args.peak, args.vocab)
     d = data()
@@ -250,7 +286,8 @@ def main() -> None:
     plot({n: per_seed[0][n]["utilisation"] for n in VARIANTS},
          RESULTS / f"{args.out}_utilisation.png")
     results = summarise(per_seed, vocab, memory)
-    record = {"benchmark": "moe", "threads": args.threads, "shape": SHAPE, "vocab": vocab,
+    record = {"benchmark": "moe", "device": device_name(args.device), "threads": args.threads,
+              "shape": SHAPE, "vocab": vocab,
               "dtype": "bf16" if args.bf16 else "fp32", "batch": BATCH,
               "block": BLOCK, "steps": args.steps, "seeds": args.seeds,
               "train_tokens": args.steps * BATCH * BLOCK,

@@ -195,3 +195,19 @@ def test_packed_inference_weights_follow_in_place_changes(rows):
     del layer
     gc.collect()
     assert len(lin._packs) == packs - (lin.PACKED and rows > 1)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_blocked_causal_attention_equals_sdpa(dtype, tol):
+    """The prefill fast path (chosen by `hardware.gemm_attention_wins`) is causal SDPA with
+    grouped K/V heads, over lengths that end inside a block."""
+    import torch.nn.functional as F
+
+    from lmforge.model.attention import blocked_causal_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 300, 16, generator=gen).to(dtype) for h in (6, 2, 2))
+    ours = blocked_causal_attention(q, k, v, block=128)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True,
+                                         enable_gqa=True)
+    torch.testing.assert_close(ours.float(), ref, atol=tol, rtol=tol)

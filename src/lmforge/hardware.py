@@ -41,6 +41,19 @@ def native_bf16(device_type: str = "cpu") -> bool:
     return any(flag in cpu_flags() for flag in BF16_FLAGS)
 
 
+@functools.cache
+def gemm_attention_wins(dtype: torch.dtype) -> bool:
+    """Whether causal attention over a long CPU prefill is faster as blocked matrix products
+    (`attention.blocked_causal_attention`) than through PyTorch's CPU flash kernel: where the
+    products run in hardware at that dtype, AVX-512 for fp32 and AVX512-BF16/AMX for bf16.
+    Measured over 512 tokens, 9 heads: AVX-512 EPYC 3.7 against 4.4 ms (fp32) and 1.5
+    against 4.2 ms (bf16); AVX2 EPYC 8.4 against 5.3 ms (fp32) and 95 against 5.5 ms (bf16,
+    emulated), so there the flash kernel is used."""
+    if dtype == torch.bfloat16:
+        return native_bf16("cpu")
+    return dtype == torch.float32 and "avx512f" in cpu_flags()
+
+
 def auto_dtype(device_type: str = "cpu") -> str:
     """"bf16" where it is native, else "fp32"."""
     return "bf16" if native_bf16(device_type) else "fp32"

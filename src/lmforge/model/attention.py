@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.hardware import gemm_attention_wins
 from lmforge.model.config import ModelConfig
 from lmforge.model.linear import Linear
 from lmforge.model.position import apply_rope
@@ -72,7 +73,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     nkv = k.shape[1]
     if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
         mask = mask.to(q.dtype)  # SDPA wants an additive mask in the queries' dtype
-    if causal and mask is None and T >= 2 * CAUSAL_BLOCK:
+    if (causal and mask is None and T >= 2 * CAUSAL_BLOCK and q.device.type == "cpu"
+            and gemm_attention_wins(q.dtype)):
         return blocked_causal_attention(q, k, v, scale=scale)
     if T == 1 and nh != nkv and (mask is None or mask.shape[1] == 1):
         # One query per head: stack each group's queries as rows of one kv head, so no
@@ -101,11 +103,11 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Causal self-attention of a prefill (query i sees keys ≤ i), as batched matmuls over
     blocks of queries, each against only the keys up to its end.
 
-    Equal to SDPA with is_causal=True; a fast path because PyTorch's CPU flash kernel is
-    several times slower than two GEMMs and a softmax at prefill lengths, especially in bf16
-    (measured: 512 tokens, 9 heads: 4.2 ms against 1.5 ms in bf16, 4.4 ms against 3.7 ms in
-    fp32). The queries of one key/value group are stacked as rows of one matmul, so grouped
-    K/V heads are never copied.
+    Equal to SDPA with is_causal=True; a fast path on CPUs whose matrix products run in
+    hardware at the dtype, where PyTorch's CPU flash kernel is slower than two GEMMs and a
+    softmax at prefill lengths (`hardware.gemm_attention_wins` has the measurements). The
+    queries of one key/value group are stacked as rows of one matmul, so grouped K/V heads
+    are never copied.
     """
     B, nh, T, hd = q.shape
     nkv = k.shape[1]
