@@ -52,4 +52,4 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(VENV)/.bench
-	$(BIN)/python benchmarks/decode.py --threads 2
+	$(BIN)/python benchmarks/decode.py --threads 2 --compile

@@ -25,26 +25,17 @@ def test_models_lists_builtins(capsys):
     assert code == 0 and "smollm2" in out and "minilm" in out and "MB" in out
 
 
-def test_generate_greedy_equals_the_api(capsys, smollm2):
+@pytest.mark.parametrize("flags", [[], pytest.param(["--compile"], marks=pytest.mark.slow)],
+                         ids=["eager", "compiled"])
+def test_generate_greedy_equals_the_api(capsys, smollm2, flags):
+    """Also with --compile (SmolLM2 compiles in about a minute on two cores: slow)."""
     prompt = "The three primary colours are"
     code, out, err = run(capsys, "generate", "--model", "smollm2", "--prompt", prompt,
-                         "--max-tokens", "12", "--temperature", "0", "--stats")
+                         "--max-tokens", "12", "--temperature", "0", "--stats", *flags)
     api = smollm2.engine.generate([smollm2.tokenizer.encode(prompt)],
                                   GenerationConfig(max_tokens=12, temperature=0))[0].text
     assert code == 0 and out == api + "\n"
     assert "prompt tokens: 5" in err and "decode:" in err and "tokens/s" in err
-
-
-@pytest.mark.slow
-def test_generate_compiled_equals_the_api(capsys, smollm2):
-    """--compile: the same greedy answer as the eager API (SmolLM2 compiles in about a
-    minute on two cores)."""
-    prompt = "The three primary colours are"
-    code, out, _ = run(capsys, "generate", "--model", "smollm2", "--prompt", prompt,
-                       "--max-tokens", "24", "--temperature", "0", "--compile")
-    api = smollm2.engine.generate([smollm2.tokenizer.encode(prompt)],
-                                  GenerationConfig(max_tokens=24, temperature=0))[0].text
-    assert code == 0 and out == api + "\n"
 
 
 def test_generate_chat_with_sampling_flags(capsys):

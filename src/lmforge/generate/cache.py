@@ -9,6 +9,8 @@ Design (after nanochat's KVCache and vLLM's slots, without paging):
 - A forward pass over some slots goes through a `CacheStep`, built once per pass: it holds
   the positions, the attention mask of the ragged rows and the slot indexing, and each
   attention layer calls its `update` to store new keys/values and read all visible ones.
+- Under torch.compile (`lmforge.generate.compiled`) the writes are the in-place ops
+  `lmforge::kv_write_at` and `lmforge::kv_write`, opaque to the compiler.
 """
 
 from __future__ import annotations
@@ -130,27 +132,24 @@ class CacheStep:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nkv, T, hd) at each row's positions; return (B, nkv, L, hd) views."""
-        if torch.compiler.is_compiling() and self.windows is not None:
-            read_k, read_v = self.windows[2], self.windows[3]
-            torch.ops.lmforge.kv_write_at(read_k, read_v, k, v, layer, self.uniform_start)
-            return read_k[layer], read_v[layer]
-        if torch.compiler.is_compiling():
-            torch.ops.lmforge.kv_write(self.cache.k, self.cache.v, k, v, layer, self.row_ids,
-                                       self.positions)
-            ck, cv = self.cache.k[layer], self.cache.v[layer]
-            return ck[self.rows, :, : self.length], cv[self.rows, :, : self.length]
+        """Store k, v (B, nkv, T, hd) at each row's positions; return (B, nkv, L, hd) views.
+
+        Under torch.compile each write is one opaque op that mutates its input in place:
+        writing through the window views (graph inputs that alias each other) is
+        miscompiled at batch 8, and a traced slice write copies the whole cache each step."""
+        compiling = torch.compiler.is_compiling()
         if self.windows is not None:
             write_k, write_v, read_k, read_v = self.windows
-            write_k[layer].copy_(k)
-            write_v[layer].copy_(v)
+            if compiling:
+                torch.ops.lmforge.kv_write_at(read_k, read_v, k, v, layer, self.uniform_start)
+            else:
+                write_k[layer].copy_(k)
+                write_v[layer].copy_(v)
             return read_k[layer], read_v[layer]
+        write = torch.ops.lmforge.kv_write if compiling else kv_write
+        write(self.cache.k, self.cache.v, k, v, layer, self.row_ids, self.positions)
         ck, cv = self.cache.k[layer], self.cache.v[layer]
-        r = torch.arange(ck.shape[0], device=k.device)[self.rows][:, None]
-        ck[r, :, self.positions] = k.transpose(1, 2)
-        cv[r, :, self.positions] = v.transpose(1, 2)
         return ck[self.rows, :, : self.length], cv[self.rows, :, : self.length]
-
 
 
 def kv_write(cache_k: torch.Tensor, cache_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -8,12 +8,13 @@ ops between projections into a few generated C++ loops; the projections stay one
 products (`lmforge::linear`, see `lmforge.model.linear`). Measured on SmolLM2 in fp32
 (2 threads, AVX2 EPYC): 41.5 → 35.3 ms per batch-1 token.
 
-Only decode steps are compiled (one new token per row, any number of rows and any cache
-length: shapes are dynamic, so the graph is compiled once, not per length); prefills stay
-eager, since their blocked attention loops over the prompt length. The first step pays the
-compilation (about a minute on two cores, a few seconds once Inductor's on-disk cache has the
-graph); a change that Dynamo's guards see (another family of cache step, a new dtype)
-compiles once more, and past its recompilation limit Dynamo runs the step eagerly.
+Only decode steps are compiled (one new token per row); prefills stay eager, since their
+blocked attention loops over the prompt length. The first graph is specialised to its
+shapes; the next cache length compiles once more with lengths symbolic, and so does the
+first change of batch size, so a graph serves every length, not one per step. Loading
+with `compile=True` pays this up front (about a minute on two cores, seconds once Inductor's
+on-disk cache has the graphs). Another change that Dynamo's guards see (ragged rows,
+non-contiguous slots) compiles once more; past the recompilation limit a step runs eagerly.
 """
 
 from __future__ import annotations

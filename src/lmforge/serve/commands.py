@@ -59,7 +59,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise LmforgeError("--ctx must be at least 2")
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = [load(spec, dtype=args.dtype, compile=args.compile) for spec in args.model]
+    models = [load(spec, dtype=args.dtype) for spec in args.model]
+    if args.compile:
+        from lmforge.generate.compiled import compile_decode
+
+        for lm in models:
+            if lm.config.family != "encoder":  # encoders embed in one pass: no decode step
+                compile_decode(lm.model)
     state, lines = make_state(models, args.served_model_name, args.ctx, args.max_batch,
                               args.max_queue, args.kv_cache_gb, args.api_key,
                               not args.no_prefix_reuse)
