@@ -59,6 +59,8 @@ def test_bad_input_gives_one_clear_line(capsys, tmp_path):
     assert code == 2 and "top_p" in err
     code, _, err = run(capsys, "eval", "--model", "smollm2", "--input", str(tmp_path / "no"))
     assert code == 2 and "no such file" in err
+    code, _, err = run(capsys, "chat", "--api", "http://127.0.0.1:9", "--compile")
+    assert code == 2 and "--compile goes with --model" in err
 
 
 def test_eval_reports_perplexity(capsys):

@@ -152,6 +152,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
     if args.api:
         from lmforge.serve.client import chat_repl
 
+        if args.compile:
+            raise LmforgeError("--compile goes with --model: with --api the server decodes "
+                               "(start it with `lmforge serve --compile`)")
         return chat_repl(args.api, args.api_key, args.model, args.system, config)
     if args.model is None:
         raise LmforgeError("give --model NAME (or --api URL to chat with a running server)")
