@@ -1,30 +1,33 @@
 """Mixture of experts against dense decoders of equal active parameters, on Penn Treebank.
 
-    python benchmarks/moe.py --threads 2 [--steps 150] [--seeds 0 1 2] [--full-vocab] [--bf16]
-                             [--device cuda]
+    python benchmarks/moe.py --threads 2 [--steps 150] [--seeds 0 1 2] [--eval-every N]
+        [--width 256] [--layers 4] [--ffn 1024] [--context 256] [--batch 8] [--lr 2e-3]
+        [--router-noise 1.0] [--full-vocab] [--bf16] [--device cuda] [--out NAME] [--resume]
 
 Data: ../shared/data/ptb tokenised with SmolLM2's tokenizer (prepared once into
 data/ptb-smollm2). PTB uses only 9,514 of the tokenizer's 49,152 ids (every validation id
 occurs in training), so by default the ids are renumbered onto those 9,514: the same token
 stream with a 5× smaller embedding and head, which otherwise dominate the time at this width
-(--full-vocab keeps all 49,152). Every model: 4 layers, width 256, 4 heads, SwiGLU, context
-256, tied embeddings; batch 8 × 256 tokens, AdamW (lr 2e-3, 10% warmup, cosine to 2e-4),
-fp32 (--bf16: autocast; slower than fp32 on CPUs without native bf16). --device cuda
-trains on a GPU (the whole 1,500-step, 3-seed comparison is minutes there, hours on 2 CPU
-cores); step times are then measured after a synchronize and peak memory is CUDA's.
-Variants, with F = 1024:
+(--full-vocab keeps all 49,152). Every model (defaults): 4 layers, width 256, one head per 64
+dimensions, SwiGLU, context 256, tied embeddings; batch 8 × 256 tokens, AdamW (lr 2e-3, 10%
+warmup, cosine to a tenth of it), fp32 (--bf16: autocast; slower than fp32 on CPUs without
+native bf16). --device cuda trains on a GPU; step times are then measured after a
+synchronize and peak memory is CUDA's. Variants, with F = --ffn:
 
     dense     feed-forward width F
     topk      8 experts of width F/2, 2 per token (noisy top-k)   — active width F
     switch    8 experts of width F, 1 per token, capacity 1.25     — active width F
     dense-4F  feed-forward width 4F (the upper reference)
 
+--router-noise scales the learned router noise of topk and switch (0: none).
 For each seed the four models train on the same batches, one step each in turn (the order
 alternates every step), so their tokens/s are measured side by side under the same load.
 Validation loss: mean cross-entropy over the first --val-windows non-overlapping windows of
-the PTB validation split. Peak memory: the rise of the peak resident set size over one
-training step, in a fresh process per variant. Writes benchmarks/results/moe.json and
-benchmarks/results/moe_utilisation.png (expert utilisation over training, first seed).
+the PTB validation split, at the end and every --eval-every steps. Peak memory: the rise of
+the peak resident set size over one training step, in a fresh process per variant.
+Writes benchmarks/results/NAME.json after every seed (--resume keeps the seeds a run with
+the same settings finished), NAME_utilisation.png (expert utilisation over training, first
+seed) and, with --eval-every, NAME_val.png (validation loss against training tokens).
 """
 
 from __future__ import annotations
@@ -55,17 +58,28 @@ ROOT = Path(__file__).resolve().parents[1]
 PTB = ROOT / ".." / "shared" / "data" / "ptb"
 DATA = ROOT / "data" / "ptb-smollm2"
 RESULTS = ROOT / "benchmarks" / "results"
-F = 1024
-SHAPE = dict(d_model=256, n_layer=4, n_head=4, d_ff=F, max_seq_len=256, mlp="swiglu")
-VARIANTS = {
-    "dense": {},
-    "topk": dict(moe_experts=8, moe_routing="topk", moe_k=2, moe_d_ff=F // 2),
-    "switch": dict(moe_experts=8, moe_routing="switch", moe_d_ff=F, moe_capacity_factor=1.25),
-    "dense-4F": dict(d_ff=4 * F),
-}
-BATCH, BLOCK = 8, 256
+VARIANTS = ("dense", "topk", "switch", "dense-4F")
+SETUP = {"width": 256, "layers": 4, "ffn": 1024, "context": 256, "batch": 8, "lr": 2e-3,
+         "router_noise": 1.0}  # the defaults; main() fills in the command line's values
 AUTOCAST = {"enabled": False}
 DEVICE = {"type": "cpu"}
+
+
+def shape() -> dict:
+    return dict(d_model=SETUP["width"], n_layer=SETUP["layers"],
+                n_head=max(1, SETUP["width"] // 64), d_ff=SETUP["ffn"],
+                max_seq_len=SETUP["context"], mlp="swiglu")
+
+
+def variant(name: str) -> dict:
+    """The config fields by which a variant departs from the dense shape (F = ffn width)."""
+    f, noise = SETUP["ffn"], SETUP["router_noise"]
+    return {"dense": {},
+            "topk": dict(moe_experts=8, moe_routing="topk", moe_k=2, moe_d_ff=f // 2,
+                         moe_noise=noise),
+            "switch": dict(moe_experts=8, moe_routing="switch", moe_d_ff=f,
+                           moe_capacity_factor=1.25, moe_noise=noise),
+            "dense-4F": dict(d_ff=4 * f)}[name]
 
 
 def sync() -> None:
@@ -100,10 +114,12 @@ def compact(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 
 def model_config(name: str, vocab: int) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab, **{**SHAPE, **VARIANTS[name]})
+    return ModelConfig(vocab_size=vocab, **{**shape(), **variant(name)})
 
 
-def lr_at(step: int, steps: int, lr: float = 2e-3, min_lr: float = 2e-4) -> float:
+def lr_at(step: int, steps: int) -> float:
+    """10% linear warmup to --lr, then cosine down to a tenth of it."""
+    lr, min_lr = SETUP["lr"], SETUP["lr"] / 10
     warmup = max(1, steps // 10)
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -127,8 +143,9 @@ class Run:
         self.utilisation: list[tuple[int, dict]] = []
 
     def step(self, tokens: np.ndarray, step: int, steps: int) -> None:
-        starts = torch.randint(len(tokens) - BLOCK - 1, (BATCH,), generator=self.gen).tolist()
-        rows = torch.from_numpy(np.stack([tokens[s: s + BLOCK + 1] for s in starts])
+        batch, block = SETUP["batch"], SETUP["context"]
+        starts = torch.randint(len(tokens) - block - 1, (batch,), generator=self.gen).tolist()
+        rows = torch.from_numpy(np.stack([tokens[s: s + block + 1] for s in starts])
                                 .astype(np.int64)).to(DEVICE["type"])
         set_rng_state(self.rng)
         sync()
@@ -152,10 +169,10 @@ class Run:
     @torch.no_grad()
     def val_loss(self, tokens: np.ndarray, windows: int) -> float:
         self.model.eval()
-        losses = []
-        for i in range(0, windows, BATCH):
-            n = min(BATCH, windows - i)
-            rows = torch.from_numpy(np.stack([tokens[(i + j) * BLOCK: (i + j + 1) * BLOCK + 1]
+        losses, batch, block = [], SETUP["batch"], SETUP["context"]
+        for i in range(0, windows, batch):
+            n = min(batch, windows - i)
+            rows = torch.from_numpy(np.stack([tokens[(i + j) * block: (i + j + 1) * block + 1]
                                               for j in range(n)]).astype(np.int64))
             rows = rows.to(DEVICE["type"])
             with torch.autocast(DEVICE["type"], torch.bfloat16, **AUTOCAST):
@@ -165,30 +182,36 @@ class Run:
 
 
 def train_seed(seed: int, steps: int, train: np.ndarray, val: np.ndarray, vocab: int,
-               windows: int) -> dict:
+               windows: int, eval_every: int) -> dict:
+    """Train the four variants in lockstep; validation loss every `eval_every` steps (and at
+    the end) as a curve of (training tokens, loss)."""
     runs = [Run(name, vocab, seed) for name in VARIANTS]
+    curves: dict[str, list] = {run.name: [] for run in runs}
+    tokens_per_step = SETUP["batch"] * SETUP["context"]
     for step in tqdm(range(steps), desc=f"seed {seed}", unit="step"):
         for run in runs if step % 2 == 0 else runs[::-1]:
             run.step(train, step, steps)
-    out = {}
-    for run in runs:
-        out[run.name] = {"val_loss": run.val_loss(val, windows),
-                         "tokens_per_s": BATCH * BLOCK / statistics.median(run.times[1:]),
-                         "utilisation": run.utilisation}
-    return out
+        if (eval_every and (step + 1) % eval_every == 0) or step + 1 == steps:
+            for run in runs:
+                curves[run.name].append(((step + 1) * tokens_per_step,
+                                         run.val_loss(val, windows)))
+    return {run.name: {"val_loss": curves[run.name][-1][1], "curve": curves[run.name],
+                       "tokens_per_s": tokens_per_step / statistics.median(run.times[1:]),
+                       "utilisation": run.utilisation} for run in runs}
 
 
 def peak_memory(name: str, vocab: int) -> float:
     """MiB by which one training step raises the peak RSS of a fresh process (this script
     with --peak NAME); on a GPU, the peak of CUDA's allocator."""
     flags = (["--bf16"] if AUTOCAST["enabled"] else []) + ["--device", DEVICE["type"]]
+    flags += [f"--{key.replace('_', '-')}={value}" for key, value in SETUP.items()]
     out = subprocess.run([sys.executable, __file__, "--peak", name, "--vocab", str(vocab), *flags],
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def peak_child(name: str, vocab: int) -> None:
-    tokens = np.random.default_rng(0).integers(0, vocab, 10 * BLOCK * BATCH)
+    tokens = np.random.default_rng(0).integers(0, vocab, 10 * SETUP["batch"] * SETUP["context"])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     run = Run(name, vocab, 0)
     for step in range(2):
@@ -231,6 +254,30 @@ def plot(utilisation: dict[str, list], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_curves(per_seed: list[dict], path: Path) -> None:
+    """Validation loss against training tokens: the mean over seeds, shaded from the lowest
+    to the highest seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name in VARIANTS:
+        curves = np.array([[loss for _, loss in s[name]["curve"]] for s in per_seed])
+        tokens = [t / 1e6 for t, _ in per_seed[0][name]["curve"]]
+        ax.plot(tokens, curves.mean(0), lw=1.2, label=name)
+        ax.fill_between(tokens, curves.min(0), curves.max(0), alpha=0.25)
+    ax.set_xlabel("training tokens (millions)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(f"PTB, {len(per_seed)} seed(s): mean, band = min–max over seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
 def summarise(per_seed: list[dict], vocab: int, memory: dict[str, float]) -> dict:
     out = {}
     for name in VARIANTS:
@@ -251,25 +298,52 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else cpu_name()
 
 
-def main() -> None:
+def report(record: dict) -> None:
+    print(f"{'variant':9}{'val loss':>16}{'tok/s':>8}{'×dense':>8}{'params':>9}"
+          f"{'active':>9}{'act-emb':>9}{'peak MiB':>9}")
+    for name, r in record["results"].items():
+        p = r["params"]
+        print(f"{name:9}{r['val_loss_mean']:9.4f} ±{r['val_loss_std']:.4f}"
+              f"{r['tokens_per_s']:8.0f}{r['tokens_per_s_ratio_to_dense']:8.2f}"
+              f"{p['total'] / 1e6:8.2f}M{p['active'] / 1e6:8.2f}M"
+              f"{p['active_no_embed'] / 1e6:8.2f}M{r['peak_memory_mib']:9.0f}")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--val-windows", type=int, default=64)
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="validation loss also every N steps: curves in NAME_val.png")
+    for key, default in SETUP.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--full-vocab", action="store_true",
                         help="keep SmolLM2's 49,152 ids instead of the 9,514 PTB uses")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default="moe",
                         help="results name: benchmarks/results/NAME.json and NAME_utilisation.png")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seeds an earlier run with the same settings finished")
     parser.add_argument("--peak", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--vocab", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if min(args.width, args.layers, args.ffn, args.context, args.batch, args.steps) < 1:
+        parser.error("--width, --layers, --ffn, --context, --batch and --steps must be >= 1")
+    if args.ffn % 2:
+        parser.error("--ffn must be even (topk experts have width F/2)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     AUTOCAST["enabled"] = args.bf16
     DEVICE["type"] = args.device
+    SETUP.update({key: getattr(args, key) for key in SETUP})
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no GPU is visible to torch")
     if args.peak:
@@ -280,28 +354,36 @@ def main() -> None:
     vocab = meta["vocab_size"]
     if not args.full_vocab:
         train, val, vocab = compact(np.asarray(train), np.asarray(val))
+    settings = {**SETUP, "shape": shape(), "vocab": vocab, "device": args.device,
+                "dtype": "bf16" if args.bf16 else "fp32", "steps": args.steps,
+                "eval_every": args.eval_every, "train_tokens": args.steps * SETUP["batch"]
+                * SETUP["context"], "val_tokens": args.val_windows * SETUP["context"]}
+    path = RESULTS / f"{args.out}.json"
+    done = {}
+    if args.resume and path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("settings") == settings:
+            done = {int(seed): r for seed, r in old["per_seed"].items()}
     memory = {name: peak_memory(name, vocab) for name in VARIANTS}
-    per_seed = [train_seed(s, args.steps, train, val, vocab, args.val_windows)
-                for s in args.seeds]
+    for seed in args.seeds:
+        if seed not in done:
+            done[seed] = train_seed(seed, args.steps, train, val, vocab, args.val_windows,
+                                    args.eval_every)
+            if seed != args.seeds[0]:  # the picture shows the first seed's utilisation
+                for result in done[seed].values():
+                    result.pop("utilisation")
+        per_seed = [done[s] for s in args.seeds if s in done]
+        record = {"benchmark": "moe", "device": device_name(args.device),
+                  "threads": args.threads, "settings": settings,
+                  "seeds": [s for s in args.seeds if s in done],
+                  "results": summarise(per_seed, vocab, memory), "per_seed": done}
+        atomic_write_text(path, json.dumps(record) + "\n")  # after every seed: nothing lost
     plot({n: per_seed[0][n]["utilisation"] for n in VARIANTS},
          RESULTS / f"{args.out}_utilisation.png")
-    results = summarise(per_seed, vocab, memory)
-    record = {"benchmark": "moe", "device": device_name(args.device), "threads": args.threads,
-              "shape": SHAPE, "vocab": vocab,
-              "dtype": "bf16" if args.bf16 else "fp32", "batch": BATCH,
-              "block": BLOCK, "steps": args.steps, "seeds": args.seeds,
-              "train_tokens": args.steps * BATCH * BLOCK,
-              "val_tokens": args.val_windows * BLOCK, "results": results}
-    print(f"{'variant':9}{'val loss':>16}{'tok/s':>8}{'×dense':>8}{'params':>9}"
-          f"{'active':>9}{'act-emb':>9}{'peak MiB':>9}")
-    for name, r in results.items():
-        p = r["params"]
-        print(f"{name:9}{r['val_loss_mean']:9.4f} ±{r['val_loss_std']:.4f}"
-              f"{r['tokens_per_s']:8.0f}{r['tokens_per_s_ratio_to_dense']:8.2f}"
-              f"{p['total'] / 1e6:8.2f}M{p['active'] / 1e6:8.2f}M"
-              f"{p['active_no_embed'] / 1e6:8.2f}M{r['peak_memory_mib']:9.0f}")
-    atomic_write_text(RESULTS / f"{args.out}.json", json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
+    if args.eval_every:
+        plot_curves(per_seed, RESULTS / f"{args.out}_val.png")
+    report(record)
+    print(json.dumps({k: v for k, v in record.items() if k != "per_seed"}))
 
 
 if __name__ == "__main__":
