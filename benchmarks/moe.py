@@ -2,7 +2,8 @@
 
     python benchmarks/moe.py --threads 2 [--steps 150] [--seeds 0 1 2] [--eval-every N]
         [--width 256] [--layers 4] [--ffn 1024] [--context 256] [--batch 8] [--lr 2e-3]
-        [--router-noise 1.0] [--full-vocab] [--bf16] [--device cuda] [--out NAME] [--resume]
+        [--router-noise 1.0] [--variants dense topk switch dense-4F] [--full-vocab] [--bf16]
+        [--device cuda] [--out NAME] [--resume]
 
 Data: ../shared/data/ptb tokenised with SmolLM2's tokenizer (prepared once into
 data/ptb-smollm2). PTB uses only 9,514 of the tokenizer's 49,152 ids (every validation id
@@ -19,8 +20,9 @@ synchronize and peak memory is CUDA's. Variants, with F = --ffn:
     switch    8 experts of width F, 1 per token, capacity 1.25     — active width F
     dense-4F  feed-forward width 4F (the upper reference)
 
---router-noise scales the learned router noise of topk and switch (0: none).
-For each seed the four models train on the same batches, one step each in turn (the order
+--router-noise scales the learned router noise of topk and switch (0: none). --variants
+trains a subset (dense is always among them: the ratios are to it). For each seed the models
+train on the same batches, one step each in turn (the order
 alternates every step), so their tokens/s are measured side by side under the same load.
 Validation loss: mean cross-entropy over the first --val-windows non-overlapping windows of
 the PTB validation split, at the end and every --eval-every steps. Peak memory: the rise of
@@ -61,6 +63,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = ("dense", "topk", "switch", "dense-4F")
 SETUP = {"width": 256, "layers": 4, "ffn": 1024, "context": 256, "batch": 8, "lr": 2e-3,
          "router_noise": 1.0}  # the defaults; main() fills in the command line's values
+CHOSEN = list(VARIANTS)  # main() narrows it to --variants
 AUTOCAST = {"enabled": False}
 DEVICE = {"type": "cpu"}
 
@@ -183,9 +186,9 @@ class Run:
 
 def train_seed(seed: int, steps: int, train: np.ndarray, val: np.ndarray, vocab: int,
                windows: int, eval_every: int) -> dict:
-    """Train the four variants in lockstep; validation loss every `eval_every` steps (and at
+    """Train the chosen variants in lockstep; validation loss every `eval_every` steps (and at
     the end) as a curve of (training tokens, loss)."""
-    runs = [Run(name, vocab, seed) for name in VARIANTS]
+    runs = [Run(name, vocab, seed) for name in CHOSEN]
     curves: dict[str, list] = {run.name: [] for run in runs}
     tokens_per_step = SETUP["batch"] * SETUP["context"]
     for step in tqdm(range(steps), desc=f"seed {seed}", unit="step"):
@@ -263,7 +266,7 @@ def plot_curves(per_seed: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for name in VARIANTS:
+    for name in CHOSEN:
         curves = np.array([[loss for _, loss in s[name]["curve"]] for s in per_seed])
         tokens = [t / 1e6 for t, _ in per_seed[0][name]["curve"]]
         ax.plot(tokens, curves.mean(0), lw=1.2, label=name)
@@ -280,7 +283,7 @@ def plot_curves(per_seed: list[dict], path: Path) -> None:
 
 def summarise(per_seed: list[dict], vocab: int, memory: dict[str, float]) -> dict:
     out = {}
-    for name in VARIANTS:
+    for name in CHOSEN:
         losses = [s[name]["val_loss"] for s in per_seed]
         rates = [s[name]["tokens_per_s"] for s in per_seed]
         out[name] = {"val_loss_mean": statistics.mean(losses),
@@ -320,6 +323,8 @@ def parse_args() -> argparse.Namespace:
                         help="validation loss also every N steps: curves in NAME_val.png")
     for key, default in SETUP.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="train only these (dense must be among them)")
     parser.add_argument("--full-vocab", action="store_true",
                         help="keep SmolLM2's 49,152 ids instead of the 9,514 PTB uses")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
@@ -333,6 +338,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if min(args.width, args.layers, args.ffn, args.context, args.batch, args.steps) < 1:
         parser.error("--width, --layers, --ffn, --context, --batch and --steps must be >= 1")
+    if "dense" not in args.variants:
+        parser.error("--variants must include dense: tokens/s are reported relative to it")
     if args.ffn % 2:
         parser.error("--ffn must be even (topk experts have width F/2)")
     return args
@@ -344,6 +351,7 @@ def main() -> None:
     AUTOCAST["enabled"] = args.bf16
     DEVICE["type"] = args.device
     SETUP.update({key: getattr(args, key) for key in SETUP})
+    CHOSEN[:] = [name for name in VARIANTS if name in args.variants]
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no GPU is visible to torch")
     if args.peak:
@@ -355,7 +363,7 @@ def main() -> None:
     if not args.full_vocab:
         train, val, vocab = compact(np.asarray(train), np.asarray(val))
     settings = {**SETUP, "shape": shape(), "vocab": vocab, "device": args.device,
-                "dtype": "bf16" if args.bf16 else "fp32", "steps": args.steps,
+                "variants": CHOSEN, "dtype": "bf16" if args.bf16 else "fp32", "steps": args.steps,
                 "eval_every": args.eval_every, "train_tokens": args.steps * SETUP["batch"]
                 * SETUP["context"], "val_tokens": args.val_windows * SETUP["context"]}
     path = RESULTS / f"{args.out}.json"
@@ -364,7 +372,7 @@ def main() -> None:
         old = json.loads(path.read_text())
         if old.get("settings") == settings:
             done = {int(seed): r for seed, r in old["per_seed"].items()}
-    memory = {name: peak_memory(name, vocab) for name in VARIANTS}
+    memory = {name: peak_memory(name, vocab) for name in CHOSEN}
     for seed in args.seeds:
         if seed not in done:
             done[seed] = train_seed(seed, args.steps, train, val, vocab, args.val_windows,
@@ -378,8 +386,9 @@ def main() -> None:
                   "seeds": [s for s in args.seeds if s in done],
                   "results": summarise(per_seed, vocab, memory), "per_seed": done}
         atomic_write_text(path, json.dumps(record) + "\n")  # after every seed: nothing lost
-    plot({n: per_seed[0][n]["utilisation"] for n in VARIANTS},
-         RESULTS / f"{args.out}_utilisation.png")
+    if CHOSEN != ["dense"]:
+        plot({n: per_seed[0][n]["utilisation"] for n in CHOSEN},
+             RESULTS / f"{args.out}_utilisation.png")
     if args.eval_every:
         plot_curves(per_seed, RESULTS / f"{args.out}_val.png")
     report(record)
