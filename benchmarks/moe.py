@@ -22,8 +22,8 @@ synchronize and peak memory is CUDA's. Variants, with F = --ffn:
 
 --router-noise scales the learned router noise of topk and switch (0: none). --variants
 trains a subset (dense is always among them: the ratios are to it). For each seed the models
-train on the same batches, one step each in turn (the order
-alternates every step), so their tokens/s are measured side by side under the same load.
+train on the same batches, one step each in turn (the order alternates every step), so their
+tokens/s are measured side by side under the same load.
 Validation loss: mean cross-entropy over the first --val-windows non-overlapping windows of
 the PTB validation split, at the end and every --eval-every steps. Peak memory: the rise of
 the peak resident set size over one training step, in a fresh process per variant.
