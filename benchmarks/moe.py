@@ -2,8 +2,8 @@
 
     python benchmarks/moe.py --threads 2 [--steps 150] [--seeds 0 1 2] [--eval-every N]
         [--width 256] [--layers 4] [--ffn 1024] [--context 256] [--batch 8] [--lr 2e-3]
-        [--router-noise 1.0] [--variants dense topk switch dense-4F] [--full-vocab] [--bf16]
-        [--device cuda] [--out NAME] [--resume]
+        [--router-noise 1.0] [--capacity-factor 1.25] [--variants dense topk switch dense-4F]
+        [--full-vocab] [--bf16] [--device cuda] [--out NAME] [--resume]
 
 Data: ../shared/data/ptb tokenised with SmolLM2's tokenizer (prepared once into
 data/ptb-smollm2). PTB uses only 9,514 of the tokenizer's 49,152 ids (every validation id
@@ -17,13 +17,14 @@ synchronize and peak memory is CUDA's. Variants, with F = --ffn:
 
     dense     feed-forward width F
     topk      8 experts of width F/2, 2 per token (noisy top-k)   — active width F
-    switch    8 experts of width F, 1 per token, capacity 1.25     — active width F
+    switch    8 experts of width F, 1 per token (capacity 1.25)   — active width F
     dense-4F  feed-forward width 4F (the upper reference)
 
---router-noise scales the learned router noise of topk and switch (0: none). --variants
-trains a subset (dense is always among them: the ratios are to it). For each seed the models
-train on the same batches, one step each in turn (the order alternates every step), so their
-tokens/s are measured side by side under the same load.
+--router-noise scales the learned router noise of topk and switch (0: none);
+--capacity-factor sets switch's capacity in training. --variants trains a subset (dense is
+always among them: the ratios are to it). For each seed the models train on the same
+batches, one step each in turn (the order alternates every step), so their tokens/s are
+measured side by side under the same load.
 Validation loss: mean cross-entropy over the first --val-windows non-overlapping windows of
 the PTB validation split, at the end and every --eval-every steps. Peak memory: the rise of
 the peak resident set size over one training step, in a fresh process per variant.
@@ -62,7 +63,8 @@ DATA = ROOT / "data" / "ptb-smollm2"
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = ("dense", "topk", "switch", "dense-4F")
 SETUP = {"width": 256, "layers": 4, "ffn": 1024, "context": 256, "batch": 8, "lr": 2e-3,
-         "router_noise": 1.0}  # the defaults; main() fills in the command line's values
+         "router_noise": 1.0, "capacity_factor": 1.25}
+# SETUP holds the defaults; main() fills in the command line's values
 CHOSEN = list(VARIANTS)  # main() narrows it to --variants
 AUTOCAST = {"enabled": False}
 DEVICE = {"type": "cpu"}
@@ -76,12 +78,12 @@ def shape() -> dict:
 
 def variant(name: str) -> dict:
     """The config fields by which a variant departs from the dense shape (F = ffn width)."""
-    f, noise = SETUP["ffn"], SETUP["router_noise"]
+    f, noise, capacity = SETUP["ffn"], SETUP["router_noise"], SETUP["capacity_factor"]
     return {"dense": {},
             "topk": dict(moe_experts=8, moe_routing="topk", moe_k=2, moe_d_ff=f // 2,
                          moe_noise=noise),
             "switch": dict(moe_experts=8, moe_routing="switch", moe_d_ff=f,
-                           moe_capacity_factor=1.25, moe_noise=noise),
+                           moe_capacity_factor=capacity, moe_noise=noise),
             "dense-4F": dict(d_ff=4 * f)}[name]
 
 
@@ -340,6 +342,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--width, --layers, --ffn, --context, --batch and --steps must be >= 1")
     if "dense" not in args.variants:
         parser.error("--variants must include dense: tokens/s are reported relative to it")
+    if args.capacity_factor <= 0:
+        parser.error("--capacity-factor must be > 0 (1.0: exactly N/n tokens per expert)")
     if args.ffn % 2:
         parser.error("--ffn must be even (topk experts have width F/2)")
     return args
@@ -370,7 +374,7 @@ def main() -> None:
     done = {}
     if args.resume and path.is_file():
         old = json.loads(path.read_text())
-        if old.get("settings") == settings:
+        if {"capacity_factor": 1.25, **old.get("settings", {})} == settings:  # older records
             done = {int(seed): r for seed, r in old["per_seed"].items()}
     memory = {name: peak_memory(name, vocab) for name in CHOSEN}
     for seed in args.seeds:
