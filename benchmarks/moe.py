@@ -374,7 +374,8 @@ def main() -> None:
     done = {}
     if args.resume and path.is_file():
         old = json.loads(path.read_text())
-        if {"capacity_factor": 1.25, **old.get("settings", {})} == settings:  # older records
+        # records made before --capacity-factor existed ran switch at 1.25
+        if {"capacity_factor": 1.25, **old.get("settings", {})} == settings:
             done = {int(seed): r for seed, r in old["per_seed"].items()}
     memory = {name: peak_memory(name, vocab) for name in CHOSEN}
     for seed in args.seeds:
