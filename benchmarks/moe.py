@@ -17,7 +17,7 @@ synchronize and peak memory is CUDA's. Variants, with F = --ffn:
 
     dense     feed-forward width F
     topk      8 experts of width F/2, 2 per token (noisy top-k)   — active width F
-    switch    8 experts of width F, 1 per token (capacity 1.25)   — active width F
+    switch    8 experts of width F, 1 per token (capacity --capacity-factor) — active width F
     dense-4F  feed-forward width 4F (the upper reference)
 
 --router-noise scales the learned router noise of topk and switch (0: none);
