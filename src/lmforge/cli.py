@@ -18,13 +18,14 @@ import dataclasses
 import json
 import sys
 import typing
-from pathlib import Path
 
 import torch
 
 from lmforge.console import chat_loop, print_answer, take_dropped
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import COMPILE_HELP, HELP, GenerationConfig
+from lmforge.generate.context import fit_context
+from lmforge.hardware import thread_count
 from lmforge.ngram.commands import register as register_ngram
 from lmforge.segment.commands import register as register_segment
 from lmforge.serve.commands import register as register_serve
@@ -39,7 +40,8 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required, help=BUILTIN_HELP)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="weights and activations dtype (default fp32)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=thread_count, default=None,
+                   help="CPU threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
 
@@ -110,13 +112,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
             + [{"role": "user", "content": args.prompt}])
     else:
         ids = tok.encode(args.prompt, parse_special=True)
-    config = generation_config(args)
+    config = fitted_config(lm, args, len(ids))
     for d in lm.engine.stream([ids], config):
         prefix = f"\n[{d.index}] " if config.n > 1 and d.text else ""
         print(prefix + d.text, end="", flush=True)
     print()
     if args.stats:
         print_stats(lm.engine.timing)
+
+
+def fitted_config(lm, args: argparse.Namespace, prompt_len: int, what: str = "prompt",
+                  **defaults) -> GenerationConfig:
+    """The generation flags checked against the model: logit_bias ids inside its vocabulary,
+    and the prompt plus max_tokens inside its context window (`generate.context`)."""
+    config = generation_config(args, **defaults)
+    config.check_vocab(lm.config.vocab_size)
+    return fit_context(prompt_len, config, args.max_tokens is not None,
+                       lm.config.max_seq_len, lm.config.family == "encoder_decoder", what)
 
 
 def fill_blanks(lm, args: argparse.Namespace) -> None:
@@ -148,17 +160,24 @@ def print_stats(t) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     from lmforge.generate.chat import ChatSession
 
-    config = generation_config(args, temperature=0.2, top_p=0.9, max_tokens=512)
+    defaults = {"temperature": 0.2, "top_p": 0.9, "max_tokens": 512}
     if args.api:
         from lmforge.serve.client import chat_repl
 
         if args.compile:
             raise LmforgeError("--compile goes with --model: with --api the server decodes "
                                "(start it with `lmforge serve --compile`)")
-        return chat_repl(args.api, args.api_key, args.model, args.system, config)
+        return chat_repl(args.api, args.api_key, args.model, args.system,
+                         generation_config(args, **defaults))
     if args.model is None:
         raise LmforgeError("give --model NAME (or --api URL to chat with a running server)")
     lm = load(args)
+    # the window is checked once against the shortest chat (system prompt, empty message);
+    # longer chats drop their oldest turns to fit (ChatSession)
+    head = [{"role": "system", "content": args.system}] if args.system else []
+    shortest = lm.tokenizer.apply_chat_template(head + [{"role": "user", "content": ""}])
+    config = fitted_config(lm, args, len(shortest), "shortest chat (template and system "
+                           "prompt)", **defaults)
     session = ChatSession(lm.engine, args.system)
     print(f"Chatting with {lm.name}. /reset clears the history, /exit quits; "
           "Ctrl-C stops an answer.", file=sys.stderr)
@@ -176,17 +195,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from lmforge.eval.models import evaluate_model, format_record, format_table
+    from lmforge.io import read_text
 
-    path = Path(args.input)
-    if not path.is_file():
-        raise LmforgeError(f"--input {path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(args.input, "--input")
     if args.chars:
         text = text[: args.chars]
     if args.threads:
         torch.set_num_threads(args.threads)
     records = [{**evaluate_model(m, text, args.ctx, args.dtype, progress=True),
-                "input": str(path)} for m in args.model]
+                "input": args.input} for m in args.model]
     if args.json:
         print("\n".join(json.dumps(r) for r in records))
     elif len(records) == 1:
@@ -196,18 +213,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from lmforge.api import parse_dtype
-    from lmforge.interop.checkpoint import save_checkpoint
-    from lmforge.interop.hf import save_hf
-    from lmforge.interop.load import load_weights
+    from lmforge.interop.convert import convert
 
-    config, state_dict, tokenizer, _ = load_weights(args.model)
-    dtype = parse_dtype(args.dtype)
-    if args.to == "hf":
-        save_hf(config, state_dict, tokenizer, args.out, dtype=dtype)
-    else:
-        save_checkpoint(args.out, config, {k: v.to(dtype) for k, v in state_dict.items()},
-                        tokenizer)
+    convert(args.model, args.to, args.out, args.dtype, args.force)
     print(f"wrote {args.to} model to {args.out}")
 
 
@@ -285,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=BUILTIN_HELP + ", or an n-gram .arpa(.gz) file; several compare")
     e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="weights and activations dtype of neural models (default fp32)")
-    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    e.add_argument("--threads", type=thread_count, default=None,
+                   help="CPU threads (default: torch's)")
     e.add_argument("--input", required=True, help="a UTF-8 text file")
     e.add_argument("--ctx", type=int, default=1024, help="window length in tokens")
     e.add_argument("--chars", type=int, default=None, help="score only the first N characters")
@@ -325,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--to", required=True, choices=["hf", "lmforge"])
     v.add_argument("--out", required=True, help="output directory")
     v.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    v.add_argument("--force", action="store_true",
+                   help="replace --out when it is not empty (only once the new model is "
+                        "written whole)")
     v.set_defaults(func=cmd_convert)
     register_web(sub)
     register_segment(sub)

@@ -1,7 +1,9 @@
-"""What this machine computes natively, for choices such as `train.dtype = "auto"`."""
+"""What this machine computes natively, for choices such as `train.dtype = "auto"`, and the
+CPU threads the commands may ask for."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import platform
 from pathlib import Path
@@ -57,3 +59,18 @@ def gemm_attention_wins(dtype: torch.dtype) -> bool:
 def auto_dtype(device_type: str = "cpu") -> str:
     """"bf16" where it is native, else "fp32"."""
     return "bf16" if native_bf16(device_type) else "fp32"
+
+
+def thread_count(text: str) -> int:
+    """The argparse type of every `--threads` flag: a whole number of at least 1 (below that
+    `torch.set_num_threads` fails with a RuntimeError, and 0 would be a silent no-op)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of CPU threads"
+                                         ) from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"{n} threads: give 1 or more, or leave --threads out for torch's default "
+            f"({torch.get_num_threads()} here)")
+    return n

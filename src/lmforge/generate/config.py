@@ -13,11 +13,16 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lmforge import strict
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, excerpt
 
 COMPILE_HELP = ("compile decode steps with torch.compile (Inductor, `lmforge.generate.compiled`): "
                 "faster tokens after a one-time compilation (about a minute on two cores, "
                 "seconds once Inductor has cached it)")
+
+MAX_STOPS = 16
+# A stop string is held back from the stream until it is decided, so its length bounds the
+# text withheld (and the work of matching it at every token).
+MAX_STOP_CHARS = 1000
 
 HELP = {
     "max_tokens": "most new tokens to generate",
@@ -31,7 +36,8 @@ HELP = {
     "repetition_penalty": "divide positive (multiply negative) logits of seen tokens (CTRL)",
     "no_repeat_ngram_size": "never repeat an n-gram of this size (0: off)",
     "logit_bias": "token id → bias added to its logit, in −100…100",
-    "stop": "strings that end the answer (not included in it)",
+    "stop": f"strings that end the answer (not included in it): at most {MAX_STOPS}, each of "
+            f"1 to {MAX_STOP_CHARS:,} characters",
     "seed": "seed for reproducible sampling",
     "n": "number of answers per prompt",
     "num_beams": "beam search with this many beams (1: off)",
@@ -79,16 +85,29 @@ class GenerationConfig:
             ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"),
             ("n", 1 <= self.n <= 128, "between 1 and 128"),
             ("num_beams", 1 <= self.num_beams <= 64, "between 1 and 64"),
-            ("stop", len(self.stop) <= 16 and all(self.stop), "at most 16 non-empty strings"),
+            ("stop", len(self.stop) <= MAX_STOPS
+             and all(0 < len(s) <= MAX_STOP_CHARS for s in self.stop),
+             f"at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS:,} characters"),
             ("logit_bias", all(-100 <= b <= 100 for b in self.logit_bias.values()),
              "biases in -100…100"),
         ]
         for name, ok, want in checks:
             if not ok:
-                raise LmforgeError(f"{name}={getattr(self, name)!r} is invalid: it must be {want}")
+                raise LmforgeError(f"{name}={excerpt(getattr(self, name))} is invalid: it must "
+                                   f"be {want}")
         if self.num_beams > 1 and self.n > self.num_beams:
             raise LmforgeError(f"n={self.n} answers need at least as many beams "
                                f"(num_beams={self.num_beams})")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Raise LmforgeError when a logit_bias id is outside the model's vocabulary (such a
+        bias would otherwise be silently ignored)."""
+        bad = sorted(t for t in self.logit_bias if not 0 <= t < vocab_size)
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise LmforgeError(f"logit_bias names token id {bad[0]}{more}, outside this "
+                               f"model's vocabulary of {vocab_size} tokens (ids 0 to "
+                               f"{vocab_size - 1}); remove it or use an id in that range")
 
     @property
     def greedy(self) -> bool:

@@ -15,12 +15,12 @@ Two vocabularies:
 
 from __future__ import annotations
 
-import gzip
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.io import read_text
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -28,15 +28,7 @@ UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 def read_lines(path: str | Path) -> list[str]:
     """The lines of a UTF-8 text file (gzip when it ends in .gz), without line ends."""
-    path = Path(path)
-    if not path.is_file():
-        raise LmforgeError(f"{path}: no such file; give a UTF-8 text file, one sentence a line")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            return f.read().splitlines()
-    except UnicodeDecodeError as exc:
-        raise LmforgeError(f"{path} is not UTF-8 text ({exc}); convert it with iconv") from None
+    return read_text(path).splitlines()
 
 
 def tokenize(lines: Iterable[str]) -> list[list[str]]:

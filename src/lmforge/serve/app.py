@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, excerpt
 from lmforge.serve.generation import generate
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.scheduler import Scheduler
@@ -72,8 +72,8 @@ class ServerState:
     def get(self, name: str, kind: str) -> Served:
         served = self.models.get(name)
         if served is None:
-            raise APIError(404, f"the model {name!r} does not exist here; served models: "
-                           f"{sorted(self.models)}", "model", "model_not_found")
+            raise APIError(404, f"the model {excerpt(name)} does not exist here; served "
+                           f"models: {sorted(self.models)}", "model", "model_not_found")
         if served.kind != kind:
             use = "/v1/embeddings" if served.kind == "embedding" else "/v1/chat/completions"
             raise bad(f"{name} is a{'n' if served.kind == 'embedding' else ''} "

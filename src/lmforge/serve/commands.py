@@ -1,5 +1,5 @@
-"""`lmforge serve`: an OpenAI-compatible API server (only argparse and the generation config
-are imported here).
+"""`lmforge serve`: an OpenAI-compatible API server (only argparse, the generation config and
+the --threads check are imported here).
 
     lmforge serve --model smollm2 --model minilm --port 8000
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -12,6 +12,7 @@ import argparse
 import os
 
 from lmforge.generate.config import COMPILE_HELP
+from lmforge.hardware import thread_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-prefix-reuse", action="store_true",
                    help="prefill every prompt whole (to measure what prefix reuse saves)")
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    s.add_argument("--threads", type=thread_count, default=None,
+                   help="CPU threads (default: torch's)")
     s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     s.set_defaults(func=cmd_serve)
 

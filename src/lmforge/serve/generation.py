@@ -25,6 +25,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from lmforge.errors import LmforgeError
+from lmforge.generate import context
 from lmforge.generate.config import GenerationConfig
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.scheduler import Event, Sequence
@@ -49,26 +50,21 @@ class EventStream(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-def fit_context(ids: list[int], req: GenerationRequest, ctx: int, what: str
-                ) -> GenerationConfig:
-    """The request's config for this prompt: max_tokens checked against (or, when not given,
-    set to) the room the context window leaves."""
+def fit_context(ids: list[int], req: GenerationRequest, ctx: int, what: str,
+                encoder_decoder: bool = False) -> GenerationConfig:
+    """The request's config for this prompt under the one rule of `generate.context`: the
+    API's default answer (max_tokens not given) fills the room the window leaves; what does
+    not fit is a 400 `context_length_exceeded`."""
     if not ids:
         raise bad(f"the {what} is empty: give at least one token", what)
-    room = ctx - len(ids)
-    mt = req.config.max_tokens
-    if (req.max_tokens_given and len(ids) + mt > ctx) or room < max(1, req.config.min_tokens):
-        asks = f" and max_tokens asks for {mt} ({len(ids) + mt} in all)" \
-            if req.max_tokens_given else ""
-        raise bad(f"this model's context window is {ctx} tokens, but the {what} has "
-                  f"{len(ids)} tokens{asks}; shorten the {what} or lower max_tokens", what,
-                  "context_length_exceeded")
-    if req.max_tokens_given:
-        return req.config
+    config = req.config
+    if not req.max_tokens_given:
+        config = dataclasses.replace(config, max_tokens=max(ctx, config.min_tokens))
     try:
-        return dataclasses.replace(req.config, max_tokens=room)
+        return context.fit_context(len(ids), config, req.max_tokens_given, ctx,
+                                   encoder_decoder, what)
     except LmforgeError as exc:
-        raise bad(str(exc)) from None
+        raise bad(str(exc), what, "context_length_exceeded") from None
 
 
 def make_sequences(prompts: list[list[int]], configs: list[GenerationConfig], emit
@@ -88,7 +84,12 @@ async def generate(request: Request, served: Served, req: GenerationRequest,
                    prompts: list[list[int]], metrics: Metrics):
     scheduler = served.scheduler
     what = "messages" if req.messages is not None else "prompt"
-    configs = [fit_context(ids, req, scheduler.ctx, what) for ids in prompts]
+    try:
+        req.config.check_vocab(served.lm.config.vocab_size)
+    except LmforgeError as exc:
+        raise bad(str(exc), "logit_bias") from None
+    encoder_decoder = served.lm.config.family == "encoder_decoder"
+    configs = [fit_context(ids, req, scheduler.ctx, what, encoder_decoder) for ids in prompts]
     n_choices = len(prompts) * req.config.n
     if n_choices > scheduler.max_queue:
         raise bad(f"{len(prompts)} prompt(s) × n={req.config.n} = {n_choices} answers, more "

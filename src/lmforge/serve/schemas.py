@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, excerpt
 from lmforge.generate.config import GenerationConfig
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
@@ -147,8 +147,9 @@ def _check_strings(value: Any, where: str) -> None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise bad(f"{where or 'a string'} holds a lone surrogate (an unpaired \\uD800–"
-                      "\\uDFFF escape); send valid Unicode text", where or None) from None
+            raise bad(f"{_short(where) or 'a string'} holds a lone surrogate (an unpaired "
+                      "\\uD800–\\uDFFF escape); send valid Unicode text", _short(where) or None
+                      ) from None
     elif isinstance(value, dict):
         for k, v in value.items():
             _check_strings(k, where)
@@ -156,6 +157,12 @@ def _check_strings(value: Any, where: str) -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_strings(v, f"{where}[{i}]")
+
+
+def _short(name: str) -> str:
+    """A field path quoted in an error (it may hold a client's arbitrary key): 80 characters
+    at most, so an error stays small whatever the request held."""
+    return name if len(name) <= 80 else name[:80] + "…"
 
 
 def model_name(body: dict) -> str:
@@ -173,12 +180,13 @@ def check_fields(body: dict, own: dict, unsupported: dict[str, list]) -> None:
         if name in unsupported:
             if value is not None and value not in unsupported[name]:
                 raise bad(f"{name} is not supported by this server yet; leave it out "
-                          f"(got {json.dumps(value)[:80]})", name, "unsupported_parameter")
+                          f"(got {excerpt(value)})", name, "unsupported_parameter")
         elif name not in known:
-            raise bad(f"unknown field {name!r}: it is neither an OpenAI field of this "
-                      "endpoint nor an lmforge extension; remove it", name, "unknown_parameter")
+            raise bad(f"unknown field {excerpt(name)}: it is neither an OpenAI field of this "
+                      "endpoint nor an lmforge extension; remove it", _short(name),
+                      "unknown_parameter")
         elif value is not None and not known[name][0](value):
-            raise bad(f"{name} must be {known[name][1]}, got {json.dumps(value)[:80]}", name,
+            raise bad(f"{name} must be {known[name][1]}, got {excerpt(value)}", name,
                       "invalid_type")
 
 
@@ -232,10 +240,10 @@ def parse_messages(messages: Any) -> list[dict]:
             raise bad(f"{where} must be an object with role and content", where)
         extra = sorted(set(m) - MESSAGE_KEYS)
         if extra:
-            raise bad(f"{where} has field(s) {extra} this server does not support; keep "
-                      "role, content and name", f"{where}.{extra[0]}")
+            raise bad(f"{where} has field(s) {excerpt(extra)} this server does not support; "
+                      "keep role, content and name", _short(f"{where}.{extra[0]}"))
         if m.get("role") not in ROLES:
-            raise bad(f"{where}.role is {m.get('role')!r}; use one of {sorted(ROLES)}",
+            raise bad(f"{where}.role is {excerpt(m.get('role'))}; use one of {sorted(ROLES)}",
                       f"{where}.role")
         role = "system" if m["role"] == "developer" else m["role"]
         out.append({"role": role, "content": _content(m.get("content"), where)})

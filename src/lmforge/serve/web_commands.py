@@ -3,8 +3,8 @@
     lmforge web --model smollm2 [--dtype bf16] [--port 7860]
     lmforge web --api http://127.0.0.1:8000 [--api-key KEY] [--model-name ID]
 
-Only argparse and the generation config are imported here; Gradio and the model load inside
-the command.
+Only argparse, the generation config and the --threads check are imported here; Gradio and
+the model load inside the command.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from lmforge.generate.config import COMPILE_HELP
+from lmforge.hardware import thread_count
 
 MODEL_HELP = ("run this model in process: a built-in name (see `lmforge models`), a .gguf file, "
               "or a Hugging Face / lmforge checkpoint or run directory")
@@ -32,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model id on the --api server (default: the first it lists)")
     w.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="weights dtype with --model (default fp32)")
-    w.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    w.add_argument("--threads", type=thread_count, default=None,
+                   help="CPU threads (default: torch's)")
     w.add_argument("--compile", action="store_true", help=COMPILE_HELP + " (with --model)")
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     w.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
