@@ -13,10 +13,12 @@ from conftest import run_workdir, tiny_run_toml
 from lmforge.data.lines import specials_for
 from lmforge.data.prepare import load_tokens
 from lmforge.errors import LmforgeError
+from lmforge.objectives.registry import SamplerInputs, resolve
 from lmforge.tokenizers import load_tokenizer
 from lmforge.train.config import load_run_config
-from lmforge.train.loop import build, train
-from lmforge.train.objective import ObjectiveModel, make_sampler, needs_specials, resolve
+from lmforge.train.loop import train
+from lmforge.train.objective import ObjectiveModel
+from lmforge.train.setup import build
 
 FAMILIES = {  # name: ([model] lines, [train] lines)
     "decoder": ("", ""),
@@ -75,11 +77,11 @@ def objective_model(workdir, family: str) -> tuple[ObjectiveModel, dict]:
     run = load_run_config(workdir / f"{family}.toml")
     tok = load_tokenizer(workdir / "data" / "tokenizer")
     objective = resolve(run.model.get("family", "decoder"), run.train)
-    sp = specials_for(tok) if needs_specials(objective) else None
+    sp = specials_for(tok) if objective.specials else None
     torch.manual_seed(0)
-    task = ObjectiveModel(build(run, tok.vocab_size, sp), objective, run.train.nsp)
-    sampler = make_sampler(objective, load_tokens(workdir / "data", "val"), tok, run.train,
-                           sp, task.model.config.decoder_start_id)
+    task = ObjectiveModel(build(run, tok.vocab_size, sp), objective)
+    sampler = objective.sampler(load_tokens(workdir / "data", "val"), SamplerInputs(
+        tok, run.train, sp, task.model.config.decoder_start_id))
     return task, sampler(torch.Generator().manual_seed(0), 4)
 
 

@@ -9,24 +9,37 @@ Checkpoint directory (format "lmforge/1"):
 Run directory (written by `lmforge train`): `best/` and/or `checkpoints/step-N/`, each a
 checkpoint directory; it resolves to `best/`, else to the step with the largest N.
 
+A checkpoint trained on a frozen base (`train.trainable`, `train/base.py`) holds only the
+trained tensors in model.safetensors, plus
+
+    base.json          {"init_from": <model spec>, "content_hash": "sha256:…",
+                        "trainable": [the run's patterns]}
+
+Loading it loads `init_from`, checks its content hash (`interop/fingerprint.py`; a base that
+changed since training is an error) and puts the trained tensors on top.
+
 config.json is written last, so a directory with a config.json has all its files.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.interop.fingerprint import content_hash
 from lmforge.interop.hf import read_json
 from lmforge.interop.tensors import load_safetensors, parse_dtype, save_safetensors
 from lmforge.interop.threads import single_threaded
+from lmforge.io import atomic_write_text
 from lmforge.model.config import ModelConfig
 from lmforge.tokenizers import Tokenizer, load_tokenizer
 
 FORMAT = "lmforge/1"
+BASE_FILE = "base.json"
 _STEP = re.compile(r"step-(\d+)")
 
 
@@ -49,22 +62,59 @@ def resolve_run(directory: str | Path) -> Path | None:
 @single_threaded()
 def save_checkpoint(directory: str | Path, config: ModelConfig,
                     state_dict: dict[str, torch.Tensor], tokenizer: Tokenizer | None,
-                    dtype: str | torch.dtype | None = None) -> None:
-    """Write a checkpoint directory; tensors keep their dtype unless `dtype` is given."""
+                    dtype: str | torch.dtype | None = None, base: dict | None = None) -> None:
+    """Write a checkpoint directory; tensors keep their dtype unless `dtype` is given;
+    `base`: the base.json record when `state_dict` holds only what was trained on it."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     save_safetensors(d / "model.safetensors", state_dict,
                      parse_dtype(dtype) if dtype is not None else None)
     if tokenizer is not None:
         tokenizer.save(d / "tokenizer")
+    if base is not None:
+        atomic_write_text(d / BASE_FILE, json.dumps(base, indent=2) + "\n")
     config.save(d / "config.json", format=FORMAT)
 
 
+def read_base(directory: Path) -> dict | None:
+    """The base.json record of a checkpoint trained on a frozen base, else None."""
+    path = directory / BASE_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def on_base(directory: Path, base: dict, config: ModelConfig,
+            trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The whole state dict: the base named in base.json, checked against its content hash,
+    with the checkpoint's trained tensors on top."""
+    from lmforge.interop.load import load_weights  # load.py reads checkpoints: import late
+
+    spec = base["init_from"]
+    try:
+        base_config, state_dict, _, _ = load_weights(spec)
+    except LmforgeError as exc:
+        raise LmforgeError(f"{directory} holds only the parameters trained on top of {spec!r}, "
+                           f"which does not load: {exc}") from None
+    found = content_hash(state_dict)
+    if found != base["content_hash"]:
+        raise LmforgeError(f"{directory} was trained on top of {spec!r} with content hash "
+                           f"{base['content_hash']}, but it now hashes to {found}: the base "
+                           "changed since training; restore it, or train again from the new one")
+    if base_config != config:
+        raise LmforgeError(f"{directory}/config.json does not describe its base {spec!r}; the "
+                           "checkpoint is damaged")
+    unknown = sorted(set(trained) - set(state_dict))
+    if unknown:
+        raise LmforgeError(f"{directory} holds tensors its base {spec!r} lacks: {unknown[:5]}")
+    return {**state_dict, **trained}
+
+
 @single_threaded()
-def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = torch.float32
+def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = torch.float32,
+                    with_base: bool = True
                     ) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None]:
     """(config, state dict cast to `dtype` (None: as stored), tokenizer or None) of a checkpoint
-    or run directory."""
+    or run directory. A checkpoint trained on a frozen base gives its base with the trained
+    tensors on top; `with_base=False`: the stored tensors only."""
     d = Path(directory)
     if not is_checkpoint(d):
         run = resolve_run(d)
@@ -83,5 +133,10 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = torch.flo
         raise LmforgeError(f"{d} has a config.json but no model.safetensors; the checkpoint "
                            "is incomplete")
     state_dict = load_safetensors([d / "model.safetensors"], dtype)
+    base = read_base(d)
+    if base is not None and with_base:
+        state_dict = on_base(d, base, config, state_dict)
+        if dtype is not None:
+            state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
     tokenizer = load_tokenizer(d / "tokenizer") if (d / "tokenizer").is_dir() else None
     return config, state_dict, tokenizer

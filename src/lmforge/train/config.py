@@ -6,10 +6,13 @@
     dir = "../data/shakespeare-char"   # relative paths are relative to the config file
     [train]
     max_steps = 5000
-    objective = "mlm"                  # default: the model family's (see train/objective.py)
+    objective = "mlm"                  # default: the model family's (objectives/registry.py)
+    init_from = "smollm2"              # start from a trained model (train/base.py); then
+    trainable = ["layers.29.*"]        # [model] may be left out; train only these parameters
 
 `--set train.lr=3e-4` overrides one value (parsed as TOML: numbers, booleans, strings).
-Unknown keys are errors that name them.
+Unknown keys are errors that name them. `train.init_from` is a built-in model name or a
+path (relative to the config file, like `data.dir` and `train.out_dir`).
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ from pathlib import Path
 
 from lmforge import strict
 from lmforge.errors import LmforgeError
-
-OBJECTIVES = ("", "causal_lm", "prefix_lm", "mlm", "span_corruption", "denoising")
 
 
 @dataclass
@@ -49,7 +50,9 @@ class TrainSettings:
     keep_last: int = 2
     seed: int = 1337
     threads: int = 0  # 0: torch's default
-    objective: str = ""  # "": the family's default (train/objective.py)
+    objective: str = ""  # "": the family's default (objectives/registry.py)
+    init_from: str = ""  # a model to start from: built-in name, GGUF, HF or lmforge dir/run
+    trainable: list[str] = field(default_factory=list)  # fnmatch patterns; []: train all
     nsp: bool = False  # mlm: add next-sentence prediction (BERT); false: RoBERTa's MLM only
     mask_rate: float = 0.15  # mlm: share of tokens chosen for 80/10/10 corruption
     noise_density: float = 0.15  # span_corruption: noise share; denoising: noise rate
@@ -73,14 +76,22 @@ class TrainSettings:
                 raise LmforgeError(f"train.{name} must be at least 1")
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise LmforgeError("train.warmup_steps must be between 0 and train.max_steps")
+        if not isinstance(self.trainable, list) or not all(
+                isinstance(p, str) and p for p in self.trainable):
+            raise LmforgeError(f"train.trainable={self.trainable!r}: a list of parameter name "
+                               "patterns, e.g. [\"layers.29.*\", \"norm.*\"]")
+        if self.trainable and not self.init_from:
+            raise LmforgeError("train.trainable freezes the rest of a trained model: set "
+                               "train.init_from to the model to start from (e.g. \"smollm2\")")
         self.validate_objective()
 
     def validate_objective(self) -> None:
         from lmforge.objectives.denoising import NOISES
+        from lmforge.objectives.registry import OBJECTIVES
 
-        if self.objective not in OBJECTIVES:
-            raise LmforgeError(f"train.objective={self.objective!r}: use one of {OBJECTIVES} "
-                               "(\"\" picks the model family's default)")
+        if self.objective not in ("", *OBJECTIVES):
+            raise LmforgeError(f"train.objective={self.objective!r}: use one of "
+                               f"{list(OBJECTIVES)} (\"\" picks the model family's default)")
         for name in ("mask_rate", "noise_density"):
             if not 0 < getattr(self, name) < 1:
                 raise LmforgeError(f"train.{name} must be between 0 and 1")
@@ -117,6 +128,15 @@ def apply_override(raw: dict, assignment: str) -> None:
     raw.setdefault(section, {})[name] = parsed
 
 
+def resolve_init_from(spec: str, config_dir: Path) -> str:
+    """A built-in name as it is; a path relative to the config file's directory."""
+    from lmforge.interop.registry import MODELS
+
+    if not spec or spec in MODELS or Path(spec).expanduser().is_absolute():
+        return spec
+    return str(config_dir / spec)
+
+
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     path = Path(path)
     try:
@@ -137,6 +157,7 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     settings.validate()
     out = Path(settings.out_dir)
     settings.out_dir = str(out if out.is_absolute() else path.parent / out)
+    settings.init_from = resolve_init_from(settings.init_from, path.parent)
     data_dir = Path(data["dir"])
     return RunConfig(raw.get("model", {}), data_dir if data_dir.is_absolute()
                      else path.parent / data_dir, settings, path)

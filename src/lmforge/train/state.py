@@ -1,6 +1,7 @@
 """Checkpoints of a run: `checkpoints/step-N/` is a loadable checkpoint directory (config.json,
-model.safetensors, tokenizer/) plus `train_state.pt`: optimizer state, step, best validation
-loss and every RNG state, read back with `torch.load(weights_only=True)` (never unpickled).
+model.safetensors, tokenizer/; on a frozen base only the trained tensors, plus base.json)
+and `train_state.pt`: optimizer state, step, best validation loss, the objective's heads
+and every RNG state, read back with `torch.load(weights_only=True)` (never unpickled).
 
 Each checkpoint is written into a temporary directory and renamed into place, so a crash
 leaves the previous checkpoints whole; the last `keep` are kept, plus `best/`.
@@ -42,14 +43,16 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 def save(run_dir: Path, step: int, config: ModelConfig, weights: dict[str, torch.Tensor],
-         tokenizer: Tokenizer, state: dict, keep: int, best: bool) -> Path:
+         tokenizer: Tokenizer, state: dict, keep: int, best: bool, base: dict | None = None
+         ) -> Path:
     """Write checkpoints/step-N (and best/ when `best`), then prune to the last `keep`;
-    `weights`: the model's state dict (gathered from every shard under FSDP)."""
+    `weights`: the model's state dict (gathered from every shard under FSDP), or only its
+    trained tensors when `base` (the base.json record of a frozen base) is given."""
     final = run_dir / "checkpoints" / f"step-{step}"
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     weights = {k: v.detach().to(torch.float32).contiguous() for k, v in weights.items()}
-    save_checkpoint(tmp, config, weights, tokenizer)
+    save_checkpoint(tmp, config, weights, tokenizer, base=base)
     torch.save(state, tmp / "train_state.pt")
     if best:
         best_tmp = run_dir / ".best.tmp"
