@@ -15,12 +15,12 @@ from lmforge.data.lines import N_SENTINELS, specials_for
 from lmforge.errors import LmforgeError
 from lmforge.generate import processors as P
 from lmforge.generate.beam import beam_search
+from lmforge.generate.cache import KVCache
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.engine import Engine, Rows, Timing, generate_ids
 from lmforge.generate.fill import _split_spans, fill_spans, greedy_target
 from lmforge.generate.text import TextStream
 from lmforge.model.config import ModelConfig
-from lmforge.model.cross_attention import CrossMemory
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizers.char import CharTokenizer
 
@@ -246,24 +246,63 @@ def answers(model: Transformer, prompts: list[list[int]], config: GenerationConf
     return out
 
 
-def test_ragged_encoder_decoder_batch_selects_memory_only_when_rows_finish(t5, monkeypatch):
+def test_ragged_encoder_decoder_batch_reads_memory_views_only_when_rows_finish(
+        t5, monkeypatch):
+    """Each slot keeps its encoder output in the cache; a batch's view of them is built
+    again only when its set of rows changes, not at every decode step."""
     stop = TOK.special.eos
     prompts = [TOK.encode(p) for p in ("abc", "hg fed", "a", "ddd. ab", "gg", "h.h.")]
     config = GenerationConfig(max_tokens=16, temperature=0, logit_bias={stop: 3.0})
     singles = [answers(t5, [p], config, [stop])[0] for p in prompts]
-    calls = []
-    select = CrossMemory.select
+    views = []
+    cross = KVCache.cross
 
-    def counted(self, rows):
-        calls.append(list(rows))
-        return select(self, rows)
+    def counted(self, slots):
+        before = self._cross_view
+        memory = cross(self, slots)
+        if self._cross_view is not before:
+            views.append(tuple(slots))
+        return memory
 
-    monkeypatch.setattr(CrossMemory, "select", counted)
+    monkeypatch.setattr(KVCache, "cross", counted)
     batched = answers(t5, prompts, config, [stop])
     assert batched == singles
     lengths = sorted({len(a) for a in batched})
     assert len(lengths) >= 3  # ragged: rows end at different steps
-    # prefill reads each prompt's own row; then one selection per step at which some (not
-    # all) rows end, instead of one at every step after the first row ends
-    assert calls[: len(prompts)] == [[r] for r in range(len(prompts))]
-    assert len(calls) == len(prompts) + len(lengths) - 1
+    # each prompt's own slot while it prefills; then one view per set of running rows: the
+    # rows that have not ended by step k are those of length >= k (step 1 is the prefill's)
+    n = len(prompts)
+    assert views[:n] == [(r,) for r in range(n)]
+    assert views[n:] == [tuple(r for r in range(n) if len(batched[r]) >= k)
+                         for k in lengths if k >= 2]
+
+def test_text_stream_decodes_a_bounded_window_per_token():
+    """Streaming costs the same per token at any answer length: each push decodes only the
+    ids since the last complete character, never the whole answer."""
+    widths = []
+
+    class Counting(CharTokenizer):
+        def decode(self, ids, skip_special=False):
+            widths.append(len(ids))
+            return super().decode(ids, skip_special=skip_special)
+
+    tok = Counting.from_text("abcdefgh .", eos="<eos>")
+    stream = TextStream(tok, ["zz"])
+    text = "abc defgh." * 100
+    out = "".join(stream.push(i)[0] for i in tok.encode(text, parse_special=False))
+    assert out + stream.close() == text
+    assert max(widths) <= 2
+
+
+def test_ids_the_tokenizer_cannot_decode_are_never_chosen(t5):
+    """The span model's sentinels lie past the character vocabulary: a prompt without
+    sentinels must still give text, so they are masked out of the choice."""
+    engine = Engine(t5, TOK)
+    bias = {TOK.vocab_size + k: 100.0 for k in range(4)}  # push the sentinels to the top
+    for config in (GenerationConfig(max_tokens=6, temperature=0, logit_bias=bias),
+                   GenerationConfig(max_tokens=6, temperature=1.0, seed=0, logit_bias=bias),
+                   GenerationConfig(max_tokens=6, temperature=0, num_beams=2,
+                                    logit_bias=bias)):
+        out = engine.generate([TOK.encode("abc")], config)[0]
+        assert all(t < TOK.vocab_size for t in out.token_ids)
+        assert out.text == TOK.decode(out.token_ids, skip_special=True)

@@ -18,16 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.generate.config import GenerationConfig
-from lmforge.generate.engine import (
-    Timing,
-    cache_for,
-    decode_step,
-    prefill,
-    rows_of,
-    source_memory,
-)
+from lmforge.generate.core import Batch, Timing, cache_for, decode_step, prompt_ids
 from lmforge.generate.processors import DecodeState, build_processors, process
+from lmforge.generate.row import mask_from
+from lmforge.generate.text import TextStream
 from lmforge.model.transformer import Transformer
+from lmforge.tokenizers.base import Tokenizer
 
 
 @dataclass
@@ -43,23 +39,26 @@ def _score(logprob: float, length: int, penalty: float) -> float:
 
 @torch.inference_mode()
 def beam_search(model: Transformer, prompt: list[int], config: GenerationConfig,
-                stop_ids: list[int], timing: Timing) -> list[Hypothesis]:
-    """The config.n best answers to one prompt, best first."""
+                stop_ids: list[int], timing: Timing, decodable: int | None = None
+                ) -> list[Hypothesis]:
+    """The config.n best answers to one prompt, best first; `decodable`: ids from this one
+    on are never chosen (the tokenizer cannot decode them)."""
     nb = config.num_beams
     t0 = time.perf_counter()
     timing.prompt_tokens += len(prompt)
-    memory = source_memory(model, [prompt], nb)  # encoder-decoder: the prompt is the source
-    if memory is not None:
-        prompt = [model.config.decoder_start_id]
-    cache = cache_for(model, nb, len(prompt), config.max_tokens)
+    ids, source = prompt_ids(model, prompt)  # encoder-decoder: the prompt is the source
+    cache = cache_for(model, nb, len(ids), config.max_tokens,
+                      len(source) if source else None)
     slots = [cache.allocate() for _ in range(nb)]
-    logits = prefill(model, cache, slots[0], prompt, rows_of(memory, slots[:1]))[None]
-    logits = logits.expand(nb, -1)
+    logits = Batch(model, cache).prefill(slots[0], prompt)[None].expand(nb, -1)
     for s in slots[1:]:
         cache.copy(slots[0], s)
+    prompt = ids
     timing.prefill_s += time.perf_counter() - t0
     t0 = time.perf_counter()
     chain = build_processors(config, logits.shape[-1], stop_ids)
+    if decodable is not None and decodable < logits.shape[-1]:
+        chain.append(mask_from(decodable))
     state = DecodeState.start([prompt] * nb, logits.shape[-1])
     # only the first beam is live at the start: the others are copies of it
     scores = torch.tensor([0.0] + [float("-inf")] * (nb - 1))
@@ -97,7 +96,26 @@ def beam_search(model: Transformer, prompt: list[int], config: GenerationConfig,
         state = state.select(sources)
         state.append(tokens)
         scores = torch.tensor(new_scores)
-        logits = decode_step(model, cache, slots, tokens, memory)
+        logits = decode_step(model, cache, slots, tokens)
         timing.generated_tokens += nb
     timing.decode_s += time.perf_counter() - t0
     return sorted(finished, key=lambda h: -h.score)[: config.n]
+
+
+def beam_answers(model: Transformer, tokenizer: Tokenizer, prompt: list[int],
+                 config: GenerationConfig, timing: Timing
+                 ) -> list[tuple[str, Hypothesis, str]]:
+    """(text, hypothesis, finish reason) of the config.n best answers: the text ends at the
+    first stop string (reason "stop", as a stop token), else at max_tokens ("length")."""
+    stop_ids = tokenizer.stop_token_ids
+    out = []
+    for hyp in beam_search(model, prompt, config, stop_ids, timing, tokenizer.vocab_size):
+        stream, text, stopped = TextStream(tokenizer, config.stop), "", False
+        for t in (t for t in hyp.tokens if t not in stop_ids):
+            delta, stopped = stream.push(t)
+            text += delta
+            if stopped:
+                break
+        text += "" if stopped else stream.close()
+        out.append((text, hyp, "stop" if stopped or hyp.ended else "length"))
+    return out

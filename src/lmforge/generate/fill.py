@@ -87,7 +87,7 @@ def greedy_target(model: Transformer, source: list[int], stop_id: int, max_token
                   ) -> list[int]:
     """The encoder-decoder's greedy answer to `source`: argmax tokens after
     `decoder_start_id` until `stop_id` (not included) or `max_tokens` tokens. The same
-    cached path as `lmforge generate` (`source_memory` encodes the source, the decoder
+    cached path as `lmforge generate` (`encode_source` encodes the source, the decoder
     starts from `decoder_start_id`)."""
     config = GenerationConfig(max_tokens=max_tokens, temperature=0.0)
     steps = generate_ids(model.eval(), [source], config, [stop_id], Rows([None]))
