@@ -176,8 +176,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
     # longer chats drop their oldest turns to fit (ChatSession)
     head = [{"role": "system", "content": args.system}] if args.system else []
     shortest = lm.tokenizer.apply_chat_template(head + [{"role": "user", "content": ""}])
-    config = fitted_config(lm, args, len(shortest), "shortest chat (template and system "
-                           "prompt)", **defaults)
+    config = fitted_config(lm, args, len(shortest), "system prompt (in the chat template)",
+                           **defaults)
     session = ChatSession(lm.engine, args.system)
     print(f"Chatting with {lm.name}. /reset clears the history, /exit quits; "
           "Ctrl-C stops an answer.", file=sys.stderr)

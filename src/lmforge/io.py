@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -48,7 +49,9 @@ def write_directory(path: str | Path, write: Callable[[Path], None], force: bool
                            f"{', …' if len(names) > 3 else ''}); choose a new directory, or "
                            "pass --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    # os.mkdir, not tempfile.mkdtemp: the directory keeps the umask's permissions, not 0700
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir()
     old = None
     try:
         write(tmp)
