@@ -6,9 +6,12 @@ Grouped-query attention (Ainslie et al., 2023): n_kv_head key/value heads, each 
 n_head / n_kv_head query heads. Q, K and V come from one fused projection `qkv` so that a
 decode step reads them in a single matmul.
 
-The module holds no generation state. The caller passes a `cache` (see
-`lmforge.generate.cache.CacheStep`) that stores this step's keys and values and returns
-every key and value the queries may see, with the mask for ragged rows.
+The module holds no generation state. Every pass reads one declared context, a `KVStore`:
+it stores this pass's keys and values and returns every key and value the queries may see,
+with the mask that says which. The stores: `masks.NoCache` (a pass without a cache),
+`masks.BiasedStore` (a relative position bias around another store),
+`generate.cache.CacheStep` (a pass over KV-cache slots) and `prefix.PrefixStore` (trainable
+P-Tuning v2 keys and values in front of another store's).
 """
 
 from __future__ import annotations
@@ -26,8 +29,25 @@ from lmforge.model.position import apply_rope
 
 
 class KVStore(Protocol):
-    """What attention needs from a cache: store this step's K/V, get all visible K/V + mask."""
+    """What a layer reads from its key/value store, for one forward pass of T new tokens
+    per row over B rows; the model reads these and nothing else.
 
+    positions      (B, T) long: the positions of the new tokens (RoPE, absolute embeddings)
+    key_positions  (B|1, L) long: the positions of the L keys `update` returns (a relative
+                   bias reads them); keys that have no position of their own (a P-Tuning v2
+                   prefix) sit before 0
+    length         L, the number of keys `update` returns
+    mask           None, or (B|1, 1|n_head, T, L): boolean (True = visible) or additive
+    causal         with mask None, query i sees keys ≤ i (SDPA's is_causal, which aligns the
+                   triangle top-left, so a store sets it only where T == L); otherwise every
+                   key is visible
+    update         store this pass's k, v (B, n_kv_head, T, head_dim) for `layer` and return
+                   every key and value the queries read, (B, n_kv_head, L, head_dim)
+    """
+
+    positions: torch.Tensor
+    key_positions: torch.Tensor
+    length: int
     mask: torch.Tensor | None
     causal: bool
 
@@ -47,7 +67,7 @@ class SelfAttention(nn.Module):
         self.out = Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVStore | None = None) -> torch.Tensor:
+                store: KVStore) -> torch.Tensor:
         B, T, _ = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh+2nkv, T, hd)
@@ -55,12 +75,8 @@ class SelfAttention(nn.Module):
         if rope is not None:  # q and k rotate together: one set of elementwise ops for both
             qk = apply_rope(qk, *rope)
         q, k = qk.split([nh, nkv], dim=1)
-        if cache is None:
-            mask, causal = None, True
-        else:
-            k, v = cache.update(self.layer, k, v)  # (B, nkv, L, hd): every visible position
-            mask, causal = cache.mask, cache.causal
-        y = attend(q, k, v, mask, causal, self.scale)  # (B, nh, T, hd)
+        k, v = store.update(self.layer, k, v)  # (B, nkv, L, hd): every visible position
+        y = attend(q, k, v, store.mask, store.causal, self.scale)  # (B, nh, T, hd)
         return self.out(y.transpose(1, 2).reshape(B, T, nh * hd))
 
 

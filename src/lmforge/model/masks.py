@@ -13,14 +13,17 @@ Which key j a query i may see, for a batch padded on the right (`attention_mask`
        [x x x x . .]   the real keys only       [x x x x . .]    outputs are never read)
 
 Padded query rows keep at least one visible key, so softmax never sees an all −∞ row.
-The mask travels to every attention layer as a `NoCache` step: the `KVStore` interface
-attention already reads (`mask`, `causal`, `update`), with nothing stored, so the attention
-code has one path for cached, uncached, causal and bidirectional passes.
+The mask travels to every attention layer as a `NoCache` store: the `KVStore` context
+attention reads (positions, key positions, length, mask, causal flag, `update`), with
+nothing stored, so the attention code has one path for cached, uncached, causal and
+bidirectional passes.
 """
 
 from __future__ import annotations
 
 import torch
+
+from lmforge.model.attention import KVStore
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -84,18 +87,24 @@ def draw(masks: dict[str, torch.Tensor], path: str) -> None:
     plt.close(fig)
 
 
-class NoCache:
-    """A `KVStore` that stores nothing: this pass's keys and values are all there are.
+class NoCache(KVStore):
+    """The store of a pass without a cache: this pass's keys and values are all there are,
+    so the keys are the queries (key_positions = positions, length = T).
 
-    mask None + causal: SDPA's own causal path (what attention does with no cache at all).
+    positions (B, T); attention_mask (B, T) 1/0 for right padding; prefix (B,): a prefix
+    decoder's per-row prefix lengths (bidirectional inside, causal after). With neither,
+    the mask is None and a causal pass takes SDPA's own causal path.
     """
 
-    def __init__(self, causal: bool, attention_mask: torch.Tensor | None = None,
-                 prefix: torch.Tensor | None = None, length: int = 0) -> None:
+    def __init__(self, positions: torch.Tensor, causal: bool,
+                 attention_mask: torch.Tensor | None = None,
+                 prefix: torch.Tensor | None = None) -> None:
+        self.positions = self.key_positions = positions
+        self.length = positions.shape[1]
         self.causal = causal
         self.mask = None
-        if prefix is not None:  # per-row prefix lengths (B,): a prefix decoder's pass
-            key = torch.arange(length, device=prefix.device)
+        if prefix is not None:
+            key = torch.arange(self.length, device=prefix.device)
             visible = (key[None, None, :] <= key[None, :, None]) | (
                 key[None, None, :] < prefix[:, None, None])
             self.mask = visible[:, None]  # (B, 1, T, T)
@@ -107,23 +116,40 @@ class NoCache:
                 mask = mask & causal_mask(attention_mask.shape[1], mask.device)
             self.mask = mask
 
+    @classmethod
+    def start(cls, batch: int, length: int, causal: bool,
+              attention_mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+              device: torch.device | str | None = None) -> NoCache:
+        """A pass over `length` tokens per row at positions 0…length−1."""
+        positions = torch.arange(length, device=device).expand(batch, length)
+        return cls(positions, causal, attention_mask, prefix)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         return k, v
 
 
-class BiasedStore:
-    """A `KVStore` whose mask is additive: a position bias (B|1, n_head, T, L) with −∞ where
+def visible_keys(store: KVStore) -> torch.Tensor | None:
+    """A store's mask with its causal flag folded in (a boolean (T, L) triangle aligned to
+    the last key, so it holds where keys outnumber queries); None when every key is
+    visible."""
+    if store.mask is not None or not store.causal:
+        return store.mask
+    T, L = store.positions.shape[1], store.length
+    return torch.ones(T, L, dtype=torch.bool, device=store.positions.device).tril(L - T)
+
+
+class BiasedStore(KVStore):
+    """A store whose mask is additive: a position bias (B|1, n_head, T, L) with −∞ where
     the wrapped store hides a key. Relative positions (T5) reach attention this way, so
     attention keeps one code path."""
 
-    def __init__(self, store, bias: torch.Tensor) -> None:
+    def __init__(self, store: KVStore, bias: torch.Tensor) -> None:
         self.store = store
+        self.positions, self.key_positions = store.positions, store.key_positions
+        self.length = store.length
         self.causal = False
-        visible = store.mask
-        if visible is None and store.causal:
-            T, L = bias.shape[-2:]
-            visible = torch.ones(T, L, dtype=torch.bool, device=bias.device).tril(L - T)
+        visible = visible_keys(store)
         self.mask = bias if visible is None else bias.masked_fill(~visible, float("-inf"))
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor

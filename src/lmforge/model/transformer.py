@@ -14,10 +14,13 @@ sentence-embedding and classification heads read, `model/heads.py`); `forward` a
 LM head to them. Encoders (`family="encoder"`) attend both ways; an `attention_mask` (B, T)
 of 1/0 hides right padding from every query (`model/masks.py`).
 
-The model owns no generation state: callers pass `positions` and a `cache` step (see
-`lmforge.generate.cache`). It accepts input embeddings instead of ids (soft prompts), and
-every projection is an `nn.Linear` attribute reachable by name (`layers.3.attn.qkv`), so
-adapters and quantized layers replace modules from outside without touching this file.
+The model owns no generation state: every pass reads one declared context, a `KVStore`
+(`model/attention.py`) holding positions, mask and keys: the caller's `cache` (a
+`lmforge.generate.cache.CacheStep`, a P-Tuning v2 `model/prefix.PrefixStore`) or a
+`NoCache` built here from `positions`, `attention_mask` and `prefix`. It accepts input
+embeddings instead of ids (soft prompts), and every projection is an `nn.Linear` attribute
+reachable by name (`layers.3.attn.qkv`), so adapters and quantized layers replace modules
+from outside without touching this file.
 """
 
 from __future__ import annotations
@@ -54,17 +57,15 @@ class Stack(nn.Module):
             self.rel_bias = RelativePositionBias(config, bidirectional=True)
 
 
-def run_blocks(stack: nn.Module, x: torch.Tensor, positions: torch.Tensor,
-               rope: tuple[torch.Tensor, torch.Tensor] | None, store: KVStore | None,
+def run_blocks(stack: nn.Module, x: torch.Tensor,
+               rope: tuple[torch.Tensor, torch.Tensor] | None, store: KVStore,
                keep: torch.Tensor | None = None, memory: CrossMemory | None = None,
                checkpointed: bool = False) -> torch.Tensor:
     """x through `stack.layers` (the last one computing only `keep`); `checkpointed`
     recomputes each block's activations in the backward pass instead of storing them."""
-    rel_bias = getattr(stack, "rel_bias", None)
-    if rel_bias is not None:
-        keys = positions if isinstance(store, NoCache) else torch.arange(
-            store.length, device=x.device).expand(x.shape[0], -1)
-        store = BiasedStore(store, rel_bias(positions, keys))
+    rel_bias = getattr(stack, "rel_bias", None)  # a module of relative-position stacks only
+    if rel_bias is not None:  # one bias per pass, from the positions the store declares
+        store = BiasedStore(store, rel_bias(store.positions, store.key_positions))
     last = len(stack.layers) - 1
     for i, block in enumerate(stack.layers):
         args = (x, rope, store, keep if i == last else None, memory)
@@ -120,14 +121,16 @@ class Transformer(nn.Module):
                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, T', d_model), in the model's dtype.
 
-        ids (B, T) or embeds (B, T, d_model); positions (B, T), by default the cache's
-        positions or 0…T−1; keep (B, K): the positions to compute (for example only the last
-        one while prefilling), all when None; token_types (B, T): segment ids (0 when None);
-        attention_mask (B, T): 1 for tokens, 0 for right padding (passes without a cache);
-        prefix (B,): prefix lengths of a prefix decoder's rows (bidirectional inside the
-        prefix, causal after it; see `masks.prefix_mask`); memory: an encoder-decoder's
-        encoder output (B, S, d_model) from `encode`, or a `CrossMemory` built from it once,
-        with memory_mask (B, S) marking its padding.
+        ids (B, T) or embeds (B, T, d_model); cache: the `KVStore` this pass reads (a
+        `CacheStep` of a KV cache, a `PrefixStore`, a `NoCache` built by the caller), or
+        None for a pass over these tokens alone, which then takes positions (B, T) (0…T−1
+        when None), attention_mask (B, T) (1 for tokens, 0 for right padding) and prefix
+        (B,) (prefix lengths of a prefix decoder's rows: bidirectional inside the prefix,
+        causal after it; see `masks.prefix_mask`); keep (B, K): the positions to compute
+        (for example only the last one while prefilling), all when None; token_types
+        (B, T): segment ids (0 when None); memory: an encoder-decoder's encoder output
+        (B, S, d_model) from `encode`, or a `CrossMemory` built from it once, with
+        memory_mask (B, S) marking its padding.
         """
         if self.config.family == "encoder_decoder":
             if memory is None:
@@ -135,15 +138,19 @@ class Transformer(nn.Module):
                                    "output: pass memory=model.encode(source_ids)")
             if not isinstance(memory, CrossMemory):
                 memory = self.cross_memory(memory, memory_mask)
-        x, positions, rope = self._embed(ids, embeds, positions, cache, token_types)
-        T = x.shape[1]
-        if cache is None and (attention_mask is not None or prefix is not None
-                              or not self.config.causal or self.config.position == "relative"):
-            cache = NoCache(self.config.causal, attention_mask, prefix, T)
-        elif attention_mask is not None or prefix is not None:
-            raise LmforgeError("attention_mask and prefix are for passes without a cache; a "
-                               "KV cache carries its own mask for rows of different lengths")
-        x = run_blocks(self, x, positions, rope, cache, keep, memory, self._checkpointed())
+        store = cache
+        if store is None:
+            inputs = ids if embeds is None else embeds
+            B, T = inputs.shape[:2]
+            store = NoCache.start(B, T, self.config.causal, attention_mask, prefix,
+                                  inputs.device) if positions is None else NoCache(
+                positions, self.config.causal, attention_mask, prefix)
+        elif positions is not None or attention_mask is not None or prefix is not None:
+            raise LmforgeError("positions, attention_mask and prefix are for passes without a "
+                               "cache; a KV store declares its own (wrap a "
+                               "masks.NoCache(positions, causal, attention_mask, prefix))")
+        x, rope = self._embed(ids, embeds, store.positions, token_types)
+        x = run_blocks(self, x, rope, store, keep, memory, self._checkpointed())
         return x if self.config.post_norm else self.norm(x)
 
     def encode(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -153,10 +160,9 @@ class Transformer(nn.Module):
         if self.config.family != "encoder_decoder":
             raise LmforgeError(f"encode() is for encoder_decoder models; this one is a "
                                f"{self.config.family} (use hidden())")
-        x, positions, rope = self._embed(ids, None, None, None, None)
-        store = NoCache(False, attention_mask, None, x.shape[1])
-        x = run_blocks(self.encoder, x, positions, rope, store,
-                       checkpointed=self._checkpointed())
+        store = NoCache.start(*ids.shape, False, attention_mask, device=ids.device)
+        x, rope = self._embed(ids, None, store.positions, None)
+        x = run_blocks(self.encoder, x, rope, store, checkpointed=self._checkpointed())
         return self.encoder.norm(x)
 
     def cross_memory(self, states: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -165,15 +171,10 @@ class Transformer(nn.Module):
         return CrossMemory.build(self.layers, states, attention_mask)
 
     def _embed(self, ids: torch.Tensor | None, embeds: torch.Tensor | None,
-               positions: torch.Tensor | None, cache: KVStore | None,
-               token_types: torch.Tensor | None):
-        """Input vectors (B, T, d), their positions (B, T) and the RoPE tables (or None)."""
+               positions: torch.Tensor, token_types: torch.Tensor | None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Input vectors (B, T, d) at `positions` (B, T) and the RoPE tables (or None)."""
         x = self.embed(ids) if embeds is None else embeds
-        B, T, _ = x.shape
-        if positions is None:
-            positions = getattr(cache, "positions", None)
-        if positions is None:
-            positions = torch.arange(T, device=x.device).expand(B, T)
         if self.config.type_vocab_size:
             # BERT's order: words + segments + positions; segment 0 when none are given
             x = x + (self.type_embed.weight[0] if token_types is None
@@ -183,7 +184,7 @@ class Transformer(nn.Module):
         if self.config.post_norm:
             x = self.embed_norm(x)
         rope = self.rope(positions, x.dtype) if self.rope is not None else None
-        return x, positions, rope
+        return x, rope
 
     def _checkpointed(self) -> bool:
         return self.activation_checkpointing and self.training and torch.is_grad_enabled()
