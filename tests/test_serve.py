@@ -131,7 +131,10 @@ BAD = [
     ("two max_tokens disagree", "/v1/chat/completions", chat(max_completion_tokens=9), 400),
     ("unknown field", "/v1/chat/completions", chat(frobnicate=1), 400),
     ("tools set", "/v1/chat/completions", chat(tools=[{"type": "function"}]), 400),
-    ("logprobs set", "/v1/chat/completions", chat(logprobs=True), 400),
+    ("top_logprobs without logprobs", "/v1/chat/completions", chat(top_logprobs=3), 400),
+    ("top_logprobs over 20", "/v1/chat/completions", chat(logprobs=True, top_logprobs=21),
+     400),
+    ("logprobs as int in chat", "/v1/chat/completions", chat(logprobs=2), 400),
     ("response_format json", "/v1/chat/completions",
      chat(response_format={"type": "json_object"}), 400),
     ("empty messages", "/v1/chat/completions", chat(messages=[]), 400),
@@ -163,6 +166,19 @@ BAD = [
      json.dumps({"model": "smollm2", "prompt": "", "max_tokens": 2}).encode(), 400),
     ("token id out of range", "/v1/completions",
      json.dumps({"model": "smollm2", "prompt": [10**9], "max_tokens": 2}).encode(), 400),
+    ("logprobs over 5", "/v1/completions",
+     json.dumps({"model": "smollm2", "prompt": "a", "logprobs": 6}).encode(), 400),
+    ("max_tokens 0 without echo", "/v1/completions",
+     json.dumps({"model": "smollm2", "prompt": "a", "max_tokens": 0}).encode(), 400),
+    ("scoring streamed", "/v1/completions", json.dumps(
+        {"model": "smollm2", "prompt": "a b", "max_tokens": 0, "echo": True,
+         "stream": True}).encode(), 400),
+    ("logprobs with beams", "/v1/completions", json.dumps(
+        {"model": "smollm2", "prompt": "a", "logprobs": 1, "num_beams": 2}).encode(), 400),
+    ("echo as string", "/v1/completions",
+     json.dumps({"model": "smollm2", "prompt": "a", "echo": "yes"}).encode(), 400),
+    ("mask filling with token ids", "/v1/completions",
+     json.dumps({"model": "minilm", "prompt": [101, 103, 102]}).encode(), 400),
     ("10 MB body", "/v1/chat/completions",
      chat(messages=[{"role": "user", "content": "x" * 10_000_000}]), 413),
 ]
@@ -353,12 +369,12 @@ def test_slot_pool_takes_over_copies_and_evicts(smollm2):
     cache = KVCache(smollm2.config, 2, 16)
     pool = SlotPool(cache)
     a, reused = pool.acquire([1, 2, 3, 4])
-    assert reused == 0 and pool.state[a] == ACTIVE
+    assert reused == 0 and pool.state(a) == ACTIVE
     cache.lengths[a], pool.tokens[a] = 4, [1, 2, 3, 4]
     cache.k[:, a, :, :4] = 7.0
     pool.release(a)
     b, reused = pool.acquire([1, 2, 9])  # partial match: copied into the free slot
-    assert b != a and reused == 2 and pool.state[a] == CACHED
+    assert b != a and reused == 2 and pool.state(a) == CACHED
     assert torch.all(cache.k[:, b, :, :2] == 7.0) and cache.lengths[b] == 2
     pool.tokens[b] = [1, 2, 9]
     pool.release(b)

@@ -29,7 +29,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from lmforge.errors import LmforgeError, excerpt
+from lmforge.serve.fill import fill_completion
 from lmforge.serve.generation import generate
+from lmforge.serve.logprobs import TokenText
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.scheduler import Scheduler
 from lmforge.serve.schemas import (
@@ -50,16 +52,28 @@ ENDPOINTS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/c
 
 @dataclass
 class Served:
-    """One served model: a causal model has a scheduler, an encoder an embedding lock."""
+    """One served model: a generative model has a scheduler, an encoder an embedding lock
+    (and fills [MASK] on /v1/completions); chat needs a tokenizer with a chat template."""
 
     id: str
     lm: object  # lmforge.api.LoadedModel
     scheduler: Scheduler | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    token_text: TokenText = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.token_text = TokenText(self.lm.tokenizer)
+
+    @property
+    def endpoints(self) -> list[str]:
+        if self.scheduler is None:
+            return ["embeddings", "completions"]
+        has_template = self.lm.tokenizer.chat_template is not None
+        return ["chat", "completions"] if has_template else ["completions"]
 
     @property
     def kind(self) -> str:
-        return "chat" if self.scheduler is not None else "embedding"
+        return "embedding" if self.scheduler is None else self.endpoints[0]
 
 
 @dataclass
@@ -69,16 +83,26 @@ class ServerState:
     api_key: str | None = None
     max_body: int = MAX_BODY
 
-    def get(self, name: str, kind: str) -> Served:
+    def get(self, name: str, endpoint: str) -> Served:
+        """The served model `name`, which must answer on `endpoint`."""
         served = self.models.get(name)
         if served is None:
             raise APIError(404, f"the model {excerpt(name)} does not exist here; served "
                            f"models: {sorted(self.models)}", "model", "model_not_found")
-        if served.kind != kind:
-            use = "/v1/embeddings" if served.kind == "embedding" else "/v1/chat/completions"
-            raise bad(f"{name} is a{'n' if served.kind == 'embedding' else ''} "
-                      f"{served.kind} model; use {use}", "model", "wrong_model_kind")
+        if endpoint not in served.endpoints:
+            raise bad(wrong_endpoint(served, endpoint), "model", "wrong_model_kind")
         return served
+
+
+def wrong_endpoint(served: Served, endpoint: str) -> str:
+    """Why `served` does not answer on `endpoint`, and where to go instead."""
+    if served.scheduler is None:
+        return (f"{served.id} is an encoder: use /v1/embeddings for sentence vectors, or "
+                "/v1/completions with [MASK] in the prompt to fill it")
+    if endpoint == "chat":
+        return (f"{served.id} has no chat template (its tokenizer defines none), so it "
+                "serves completions only: use /v1/completions with a prompt")
+    return f"{served.id} generates text; use /v1/completions or /v1/chat/completions"
 
 
 class CountRequests:
@@ -192,8 +216,9 @@ def build_app(state: ServerState) -> FastAPI:
         authorize(request, state.api_key)
         return {"object": "list", "data": [
             {"id": s.id, "object": "model", "created": 0, "owned_by": "lmforge",
-             "kind": s.kind, "context_window": s.scheduler.ctx if s.scheduler else
-             s.lm.config.max_seq_len} for s in state.models.values()]}
+             "kind": s.kind, "endpoints": s.endpoints, "family": s.lm.config.family,
+             "context_window": s.scheduler.ctx if s.scheduler else s.lm.config.max_seq_len}
+            for s in state.models.values()]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -207,15 +232,17 @@ def build_app(state: ServerState) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await read_json(request, state)
-        served = state.get(model_name(body), "chat")
+        served = state.get(model_name(body), "completions")
         req = parse_completion(body)
+        if served.scheduler is None:
+            return await fill_completion(served, req)
         prompts = await asyncio.to_thread(encode_prompts, served, req.prompts)
         return await generate(request, served, req, prompts, state.metrics)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict:
         body = await read_json(request, state)
-        served = state.get(model_name(body), "embedding")
+        served = state.get(model_name(body), "embeddings")
         req = parse_embedding(body)
         async with served.lock:  # one embedding batch at a time per model
             vectors, n_tokens = await asyncio.to_thread(embed_texts, served.lm, req.inputs)
@@ -280,8 +307,10 @@ def model_id(lm) -> str:
 
 def slot_gb(lm, ctx: int) -> float:
     """GB of one KV-cache slot of `ctx` positions: K and V of every layer, that is
-    2 · n_layer · n_kv_head · ctx · head_dim values."""
+    2 · n_layer · n_kv_head · ctx · head_dim values, twice for an encoder-decoder (its slot
+    also holds the cross-attention K/V of a source of up to `ctx` tokens)."""
     c = lm.config
+    ctx *= 2 if c.family == "encoder_decoder" else 1
     itemsize = next(lm.model.parameters()).element_size()
     return 2 * c.n_layer * c.n_kv_head * ctx * c.head_dim * itemsize / 1e9
 
@@ -319,7 +348,8 @@ def make_state(models: list, served_name: str | None = None, ctx: int | None = N
                                "for the first or serve distinct models")
         if not lm.config.causal:
             served[name] = Served(name, lm)
-            lines.append(f"{name} (embeddings, {lm.config.d_model} dimensions)")
+            lines.append(f"{name} (embeddings, {lm.config.d_model} dimensions; [MASK] "
+                         "filling on completions)")
             continue
         window = min(ctx or 2048, lm.config.max_seq_len)
         per_slot = slot_gb(lm, window)
@@ -333,6 +363,6 @@ def make_state(models: list, served_name: str | None = None, ctx: int | None = N
         served[name] = Served(name, lm, Scheduler(name, lm.model, lm.tokenizer, window,
                                                   n_slots, batch, max_queue, metrics,
                                                   prefix_reuse))
-        lines.append(f"{name} (chat and completions, context {window}, {n_slots} KV-cache "
-                     f"slots in {share:.2f} GB, batch {batch})")
+        lines.append(f"{name} ({' and '.join(served[name].endpoints)}, context {window}, "
+                     f"{n_slots} KV-cache slots in {share:.2f} GB, batch {batch})")
     return ServerState(served, metrics, api_key), lines

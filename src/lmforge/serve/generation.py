@@ -4,20 +4,17 @@
 `Sequence` per answer (n per prompt; choice index = prompt · n + answer, the seed of a
 sampled answer = seed + its index, as `Engine` does), submits them to the model's scheduler
 and either streams server-sent events in OpenAI's chunk format, ending with
-`data: [DONE]`, or waits for whole answers. Events come from the scheduler thread through
-`loop.call_soon_threadsafe` into an asyncio queue. A client that goes away (a failed send,
-or a disconnect seen while waiting) cancels its sequences, which leave the batch at the next
-step.
+`data: [DONE]`, or waits for whole answers (`reply.py` writes the response objects). Events
+come from the scheduler thread through `loop.call_soon_threadsafe` into an asyncio queue. A
+client that goes away (a failed send, or a disconnect seen while waiting) cancels its
+sequences, which leave the batch at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import random
-import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -28,6 +25,7 @@ from lmforge.errors import LmforgeError
 from lmforge.generate import context
 from lmforge.generate.config import GenerationConfig
 from lmforge.serve.metrics import Metrics
+from lmforge.serve.reply import Reply
 from lmforge.serve.scheduler import Event, Sequence
 from lmforge.serve.schemas import APIError, GenerationRequest, bad
 
@@ -67,16 +65,19 @@ def fit_context(ids: list[int], req: GenerationRequest, ctx: int, what: str,
         raise bad(str(exc), what, "context_length_exceeded") from None
 
 
-def make_sequences(prompts: list[list[int]], configs: list[GenerationConfig], emit
-                   ) -> list[Sequence]:
+def make_sequences(prompts: list[list[int]], configs: list[GenerationConfig],
+                   req: GenerationRequest, emit) -> list[Sequence]:
     config = configs[0]
     base = config.seed if config.seed is not None else random.randrange(2**62)
     seqs = []
+    scored = req.echo and req.logprobs is not None  # the prompt's log-probabilities too
     for p, (ids, cfg) in enumerate(zip(prompts, configs, strict=True)):
         answers = 1 if cfg.num_beams > 1 else cfg.n  # beam search gives the n answers itself
         for j in range(answers):
             index = p * cfg.n + j
-            seqs.append(Sequence(index, ids, cfg, emit, seed=base + index))
+            seqs.append(Sequence(index, ids, cfg, emit, seed=base + index,
+                                 logprobs=req.logprobs, echo=scored,
+                                 score_only=req.score_only))
     return seqs
 
 
@@ -91,6 +92,9 @@ async def generate(request: Request, served: Served, req: GenerationRequest,
     encoder_decoder = served.lm.config.family == "encoder_decoder"
     configs = [fit_context(ids, req, scheduler.ctx, what, encoder_decoder) for ids in prompts]
     n_choices = len(prompts) * req.config.n
+    if req.logprobs is not None and req.config.num_beams > 1:
+        raise bad("logprobs are not given for beam search; leave out num_beams or logprobs",
+                  "logprobs")
     if n_choices > scheduler.max_queue:
         raise bad(f"{len(prompts)} prompt(s) × n={req.config.n} = {n_choices} answers, more "
                   f"than this server queues ({scheduler.max_queue}); ask for fewer", "n")
@@ -103,10 +107,10 @@ async def generate(request: Request, served: Served, req: GenerationRequest,
         except RuntimeError:  # the loop has closed: the server is shutting down
             pass
 
-    seqs = make_sequences(prompts, configs, emit)
+    seqs = make_sequences(prompts, configs, req, emit)
     scheduler.submit(seqs)
     events = watch(request, queue, n_choices, scheduler, seqs)
-    reply = Reply(served.id, req, sum(map(len, prompts)), n_choices)
+    reply = Reply(served.id, req, prompts, n_choices, served.token_text)
     if req.stream:
         return EventStream(reply.sse(events))
     return await reply.whole(events)
@@ -132,74 +136,3 @@ async def watch(request: Request, queue: asyncio.Queue, n_choices: int, schedule
     finally:
         if done < n_choices:
             scheduler.cancel(seqs)
-
-
-class Reply:
-    """OpenAI response objects of one request (chat or text completion)."""
-
-    def __init__(self, model: str, req: GenerationRequest, prompt_tokens: int, n: int) -> None:
-        self.chat = req.messages is not None
-        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
-        self.created = int(time.time())
-        self.model, self.req, self.n = model, req, n
-        self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0,
-                      "total_tokens": prompt_tokens}
-
-    def _count(self, event: Event) -> None:
-        self.usage["completion_tokens"] += event.n_tokens
-        self.usage["total_tokens"] += event.n_tokens
-
-    def _object(self, kind: str, choices: list[dict], usage: bool) -> dict:
-        out = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
-               "system_fingerprint": None, "choices": choices}
-        if usage:
-            out["usage"] = dict(self.usage)
-        return out
-
-    async def whole(self, events: AsyncIterator[Event]) -> dict:
-        texts, reasons = [""] * self.n, [None] * self.n
-        async for ev in events:
-            self._count(ev)
-            texts[ev.index] += ev.text
-            reasons[ev.index] = ev.finish_reason or reasons[ev.index]
-        if self.chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": t},
-                        "logprobs": None, "finish_reason": r}
-                       for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
-            return self._object("chat.completion", choices, True)
-        choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": r}
-                   for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
-        return self._object("text_completion", choices, True)
-
-    def _chunk(self, index: int, text: str | None, reason: str | None) -> str:
-        if self.chat:
-            delta = {} if text is None else ({"role": "assistant", "content": ""}
-                                             if text == "" else {"content": text})
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
-            return sse(self._object("chat.completion.chunk", [choice], False))
-        choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
-        return sse(self._object("text_completion", [choice], False))
-
-    async def sse(self, events: AsyncIterator[Event]) -> AsyncIterator[str]:
-        try:
-            if self.chat:  # OpenAI opens each choice with its role
-                for i in range(self.n):
-                    yield self._chunk(i, "", None)
-            async for ev in events:
-                self._count(ev)
-                if ev.text:
-                    yield self._chunk(ev.index, ev.text, None)
-                if ev.finish_reason is not None:
-                    yield self._chunk(ev.index, None if self.chat else "", ev.finish_reason)
-            if self.req.include_usage:
-                kind = "chat.completion.chunk" if self.chat else "text_completion"
-                yield sse(self._object(kind, [], True))
-        except APIError as exc:
-            yield sse(exc.body())
-        finally:
-            await events.aclose()
-        yield "data: [DONE]\n\n"
-
-
-def sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"

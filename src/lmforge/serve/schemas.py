@@ -3,8 +3,10 @@
 Every field of a body falls in one of four sets, checked in this order:
 - generation fields: exactly `GenerationConfig`'s (OpenAI names and the extensions top_k,
   min_p, repetition_penalty, …), plus `max_completion_tokens` (a synonym of max_tokens);
-- endpoint fields: messages / prompt / input, model, stream, stream_options, user;
-- OpenAI fields we do not implement yet (tools, logprobs, response_format, …): accepted at
+- endpoint fields: messages / prompt / input, model, stream, stream_options, user, and the
+  log-probability fields: `logprobs` + `top_logprobs` (chat), `logprobs` + `echo`
+  (completions, where max_tokens 0 with echo scores the prompt and generates nothing);
+- OpenAI fields we do not implement yet (tools, response_format, …): accepted at
   their default, a 400 that says so when set to anything else;
 - anything else: a 400 that names the field.
 Types are checked strictly (a bool is not a number, "0.5" is not a number), so wrong types
@@ -91,13 +93,14 @@ COMMON = {
 }
 # OpenAI fields not implemented yet → the values that mean "off"
 UNSUPPORTED_CHAT = {
-    "logprobs": [False], "top_logprobs": [0], "response_format": [{"type": "text"}],
+    "response_format": [{"type": "text"}],
     "tools": [[]], "tool_choice": ["none"], "parallel_tool_calls": [True, False],
     "functions": [[]], "function_call": ["none"], "service_tier": ["auto", "default"],
     "store": [False], "modalities": [["text"]], "audio": [], "prediction": [],
     "reasoning_effort": [], "web_search_options": [], "logit_processors": [],
 }
-UNSUPPORTED_COMPLETION = {"best_of": [1], "echo": [False], "logprobs": [0], "suffix": [""]}
+UNSUPPORTED_COMPLETION = {"best_of": [1], "suffix": [""]}
+MAX_LOGPROBS = {"completion": 5, "chat": 20}  # OpenAI's limits on the alternatives
 UNSUPPORTED_EMBEDDING = {"dimensions": []}
 
 
@@ -112,6 +115,9 @@ class GenerationRequest:
     include_usage: bool
     messages: list[dict] | None = None  # chat
     prompts: list[str | list[int]] | None = None  # completions
+    logprobs: int | None = None  # None: none; k: each token's log-probability and k others
+    echo: bool = False  # completions: the prompt comes back first (with its log-probabilities)
+    score_only: bool = False  # completions: max_tokens 0 with echo, the prompt scored only
 
 
 @dataclass
@@ -222,9 +228,23 @@ def _request(body: dict, own: dict, unsupported: dict) -> GenerationRequest:
 
 def parse_chat(body: dict) -> GenerationRequest:
     own = {"messages": (lambda v: isinstance(v, list), "a list of message objects")}
+    own = {**own, "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
+           "top_logprobs": (_is_int, "an integer")}
     req = _request(body, own, UNSUPPORTED_CHAT)
     req.messages = parse_messages(body.get("messages"))
+    top = body.get("top_logprobs")
+    if top is not None and not body.get("logprobs"):
+        raise bad("top_logprobs needs logprobs: true", "top_logprobs")
+    if body.get("logprobs"):
+        req.logprobs = _logprobs_count(top or 0, "chat", "top_logprobs")
     return req
+
+
+def _logprobs_count(k: int, endpoint: str, name: str) -> int:
+    if not 0 <= k <= MAX_LOGPROBS[endpoint]:
+        raise bad(f"{name}={k} is invalid: it must be between 0 and {MAX_LOGPROBS[endpoint]}",
+                  name)
+    return k
 
 
 def parse_messages(messages: Any) -> list[dict]:
@@ -262,8 +282,21 @@ def _content(content: Any, where: str) -> str:
 
 def parse_completion(body: dict) -> GenerationRequest:
     own = {"prompt": (lambda v: isinstance(v, str | list), "a string or a list")}
+    own = {**own, "echo": (lambda v: isinstance(v, bool), "a boolean"),
+           "logprobs": (_is_int, "an integer")}
+    echo = body.get("echo") is True
+    score_only = echo and body.get("max_tokens") == 0 and body.get("max_completion_tokens") \
+        in (None, 0)
+    if score_only:  # OpenAI's way to score a prompt: echo it and generate nothing
+        body = {k: v for k, v in body.items() if k not in ("max_tokens", "max_completion_tokens")}
     req = _request(body, own, UNSUPPORTED_COMPLETION)
     req.prompts = parse_prompts(body.get("prompt"))
+    req.echo, req.score_only = echo, score_only
+    if score_only and body.get("stream"):
+        raise bad("max_tokens 0 (scoring the echoed prompt) cannot be streamed; leave out "
+                  "stream", "stream")
+    if body.get("logprobs") is not None:
+        req.logprobs = _logprobs_count(body["logprobs"], "completion", "logprobs")
     return req
 
 

@@ -9,7 +9,12 @@ prompt (active slots too: their first tokens never change) and
   cached slot when none is free (eviction), so other conversations keep their cache.
 At least one prompt token is always left to prefill: its logits give the first new token.
 Like vLLM's automatic prefix caching, but per slot rather than per block, since our cache has
-one row per sequence.
+one row per sequence. The `KVCache` owns the slots: a cached or active slot is allocated
+there, and slots are taken, freed and copied only through it.
+
+Reuse is only correct where a token's keys and values depend on the tokens before it alone:
+a decoder. A prefix decoder reads its prompt both ways and an encoder-decoder's prompt is its
+source, so their servers run with reuse off (`reuse=False`).
 """
 
 from __future__ import annotations
@@ -38,68 +43,76 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class SlotPool:
-    """The slot states and token contents of one KV cache (used by one scheduler thread)."""
+    """Which allocated slots of one KV cache are active, and the tokens each one holds
+    (used by one scheduler thread)."""
 
     def __init__(self, cache: KVCache, reuse: bool = True) -> None:
         self.cache = cache
-        self.reuse = reuse  # False: every prompt is prefilled whole (for comparisons)
-        self.state = [FREE] * cache.n_slots
-        self.tokens: list[list[int]] = [[] for _ in range(cache.n_slots)]
+        self.reuse = reuse  # False: every prompt is prefilled whole
+        self.tokens: dict[int, list[int]] = {}  # allocated slots (active or cached)
+        self.active: set[int] = set()
         self._clock = itertools.count()
-        self.last_used = [0] * cache.n_slots
+        self.last_used: dict[int, int] = {}
 
     def count(self, state: str) -> int:
-        return self.state.count(state)
+        if state == ACTIVE:
+            return len(self.active)
+        return len(self.tokens) - len(self.active) if state == CACHED else self.cache.n_free
+
+    def state(self, slot: int) -> str:
+        return ACTIVE if slot in self.active else CACHED if slot in self.tokens else FREE
 
     @property
     def available(self) -> int:
         """Slots a new sequence can take (free, or cached and evictable)."""
-        return len(self.state) - self.count(ACTIVE)
+        return self.cache.n_slots - len(self.active)
 
-    def acquire(self, prompt: list[int]) -> tuple[int, int]:
-        """An active slot holding the longest reusable prefix of `prompt`; (slot, reused)."""
+    def acquire(self, prompt: list[int], reuse: bool = True) -> tuple[int, int]:
+        """An active slot holding the longest reusable prefix of `prompt`; (slot, reused).
+        `reuse=False`: a slot with nothing reused (the prompt's every logit is wanted)."""
         if not self.available:
             raise LmforgeError("no KV-cache slot is free or cached; wait for a sequence to end")
-        source, reused = self._best_prefix(prompt)
-        if source is not None and self.state[source] == CACHED \
+        source, reused = self._best_prefix(prompt) if reuse and self.reuse else (None, 0)
+        if source is not None and source not in self.active \
                 and reused == len(self.tokens[source]):
             target = source
         else:
-            target = self._free_or_lru()
+            target = self._take(keep=source)
             if source is not None and source != target:
-                self._copy_prefix(source, target, reused)
+                self.cache.copy(source, target, reused)
         self.cache.truncate(target, reused)
         self.tokens[target] = self.tokens[source][:reused] if source is not None else []
-        self.state[target] = ACTIVE
+        self.active.add(target)
         self.last_used[target] = next(self._clock)
         return target, reused
 
     def release(self, slot: int) -> None:
         """An active slot ends: its tokens stay cached for a later prompt."""
-        self.state[slot] = CACHED
+        self.active.discard(slot)
         self.last_used[slot] = next(self._clock)
+
+    def drop(self, slot: int) -> None:
+        """Forget a slot whose contents may be half written (a failed prefill)."""
+        self.active.discard(slot)
+        if self.tokens.pop(slot, None) is not None:
+            self.cache.free(slot)
 
     def _best_prefix(self, prompt: list[int]) -> tuple[int | None, int]:
         limit = len(prompt) - 1  # the last prompt token is always prefilled
         best, best_len = None, 0
-        if not self.reuse:
-            return best, best_len
-        for slot, tokens in enumerate(self.tokens):
-            if self.state[slot] == FREE or not tokens:
-                continue
+        for slot, tokens in self.tokens.items():
             n = min(common_prefix(tokens, prompt), limit)
             if n > best_len:
                 best, best_len = slot, n
         return best, best_len
 
-    def _free_or_lru(self) -> int:
-        if FREE in self.state:
-            return self.state.index(FREE)  # the lowest: active rows stay contiguous
-        cached = [s for s, st in enumerate(self.state) if st == CACHED]
-        return min(cached, key=lambda s: self.last_used[s])
-
-    def _copy_prefix(self, src: int, dst: int, n: int) -> None:
-        k, v = self.cache.k, self.cache.v
-        k[:, dst, :, :n] = k[:, src, :, :n]
-        v[:, dst, :, :n] = v[:, src, :, :n]
-        self.cache.lengths[dst] = n
+    def _take(self, keep: int | None) -> int:
+        """A free slot (the lowest: active rows stay contiguous), else the least recently
+        used cached one, evicted (`keep`, the slot to copy a prefix from, goes last)."""
+        if not self.cache.n_free:
+            cached = [s for s in self.tokens if s not in self.active]
+            lru = min(cached, key=lambda s: (s == keep, self.last_used[s]))
+            if lru == keep:
+                return lru  # the source itself is taken over, truncated to the prefix
+            self.drop(lru)
+        return self.cache.allocate()
