@@ -129,12 +129,14 @@ def apply_override(raw: dict, assignment: str) -> None:
 
 
 def resolve_init_from(spec: str, config_dir: Path) -> str:
-    """A built-in name as it is; a path relative to the config file's directory."""
+    """A built-in name as it is; a path made absolute (relative ones from the config file's
+    directory), so that checkpoints that name it as their base load from anywhere."""
     from lmforge.interop.registry import MODELS
 
-    if not spec or spec in MODELS or Path(spec).expanduser().is_absolute():
+    if not spec or spec in MODELS:
         return spec
-    return str(config_dir / spec)
+    path = Path(spec).expanduser()
+    return str(path if path.is_absolute() else (config_dir / path).absolute())
 
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
