@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -18,6 +19,7 @@ from lmforge.generate.compiled import compile_decode
 from lmforge.generate.engine import Engine
 from lmforge.interop.load import load_weights, resolve_model
 from lmforge.model.config import ModelConfig
+from lmforge.model.linear import pack_for_inference
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizers.base import Tokenizer
 
@@ -58,11 +60,24 @@ class LoadedModel:
         return Engine(self.model, self.tokenizer)
 
 
+Transform = Callable[[Transformer], object]
+
+
 def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor],
-                dtype: torch.dtype = torch.float32) -> Transformer:
-    """A Transformer in eval mode holding `state_dict` (strict: every tensor must match)."""
+                dtype: torch.dtype = torch.float32, transforms: Sequence[Transform] = ()
+                ) -> Transformer:
+    """A Transformer in eval mode holding `state_dict` (strict: every tensor must match).
+
+    `transforms` swap modules before the weights load, each a callable taking the model
+    (typically through `model.surgery.replace_linears`): they run on the meta device, so a
+    quantized or adapted checkpoint (int8 weights and scales, LoRA matrices) is assigned
+    straight into its modules, with no full-precision copy first and no strict-key failure.
+    Floating-point tensors are then cast to `dtype`; integer ones stay as they are.
+    """
     with torch.device("meta"):  # no memory and no random init for weights we overwrite
         model = Transformer(config)
+        for transform in transforms:
+            transform(model)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     if missing or unexpected:
         raise LmforgeError(f"weights do not fit the config: missing {missing[:5]}, "
@@ -70,6 +85,11 @@ def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor],
     for module in model.modules():
         if hasattr(module, "init_buffers"):
             module.init_buffers()
+    empty = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if empty:
+        raise LmforgeError(f"{empty[:5]} got no value: a transform created tensors the state "
+                           "dict does not hold; add them to it, or compute them in the "
+                           "module's init_buffers()")
     return model.to(dtype).eval()
 
 
@@ -81,6 +101,7 @@ def load(spec: str, dtype: str = "fp32", compile: bool = False) -> LoadedModel:
     if tokenizer is None:
         raise LmforgeError(f"{source.path} has no tokenizer; add tokenizer files to generate")
     model = build_model(config, state_dict, parse_dtype(dtype))
+    pack_for_inference(model)  # oneDNN's blocked weights for multi-row products (fp32, CPU)
     if compile:
         compile_decode(model)
     return LoadedModel(model, tokenizer, source.name, str(source.path), meta)

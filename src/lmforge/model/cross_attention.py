@@ -27,8 +27,8 @@ class CrossAttention(nn.Module):
             config.head_dim
         self.scale = None if config.scale_attention else 1.0
         self.q = Linear(config.d_model, config.n_head * config.head_dim, bias=config.bias)
-        self.kv = Linear(config.d_model, 2 * config.n_kv_head * config.head_dim,
-                         bias=config.bias)
+        kv = config.n_kv_head * config.head_dim
+        self.kv = Linear(config.d_model, 2 * kv, bias=config.bias, slices={"k": kv, "v": kv})
         self.out = Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)
 
     def project(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,8 @@ class FeedForward(nn.Module):
         self.gated = config.gated
         self.act = ACTIVATIONS[config.mlp]
         n_up = 2 * config.d_ff if self.gated else config.d_ff
-        self.up = Linear(config.d_model, n_up, bias=config.bias)
+        self.up = Linear(config.d_model, n_up, bias=config.bias,
+                         slices={"gate": config.d_ff, "up": config.d_ff} if self.gated else None)
         self.down = Linear(config.d_ff, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,11 @@
   tanh over the [CLS] vector, then a linear classifier over {IsNext, NotNext}:
   logits = W_c · tanh(W_p · h_[CLS] + b_p) + b_c.
 
-The LM head is `Transformer.forward`; masked-LM training reads it at the masked positions.
+- The LM head, `Transformer.lm_head`: a `Linear` of its own, or with tied embeddings
+  (Press & Wolf, 2017, "Using the Output Embedding to Improve Language Models") `TiedHead`,
+  logits = h · Eᵀ with E the token embedding matrix. Either is a module that
+  `Transformer.forward` calls, so it can be replaced from outside; masked-LM training reads
+  it at the masked positions.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmforge.model.linear import PackedWeights, linear
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -47,3 +53,33 @@ class NSPHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.classify(torch.tanh(self.pool(hidden[:, 0])))
+
+
+class TiedHead(PackedWeights, nn.Module):
+    """logits = h · Eᵀ, with E the weight of `embedding` (vocab, d): (…, d) → (…, vocab).
+
+    The embedding is held as a plain attribute, not a submodule, so the matrix stays one
+    parameter saved once, as `embed.weight`; `weight` reads it each time, so it follows
+    whatever the embedding holds (a reload, a move, a new dtype)."""
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.__dict__["embedding"] = embedding  # bypasses nn.Module's registration
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embedding.weight
+
+    @property
+    def in_features(self) -> int:
+        return self.embedding.embedding_dim
+
+    @property
+    def out_features(self) -> int:
+        return self.embedding.num_embeddings
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return linear(hidden, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, tied"

@@ -149,6 +149,22 @@ def dispatch(x: torch.Tensor, experts: nn.ModuleList, idx: torch.Tensor,
     return x.new_zeros(N, x.shape[-1]).index_add_(0, token, ys), dropped
 
 
+class Router(Linear):
+    """The gate W_g (and the noise projection W_noise): a projection d → n experts, called
+    as a module (so it can be replaced from outside), computed in fp32 when `fp32` even
+    under bf16 weights or autocast: routing decisions are sensitive to rounding (ST-MoE §2.2)."""
+
+    def __init__(self, d_model: int, n: int, fp32: bool) -> None:
+        super().__init__(d_model, n, bias=False)
+        self.fp32 = fp32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fp32:
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return linear(x.float(), self.weight.float())
+
+
 class MoE(nn.Module):
     """A mixture-of-experts feed-forward layer (see the module docstring).
 
@@ -163,27 +179,19 @@ class MoE(nn.Module):
         self.capacity_factor = config.moe_capacity_factor
         self.noise_scale = config.moe_noise if config.moe_routing != "soft" else 0.0
         self.aux_weight, self.z_weight = config.moe_aux_weight, config.moe_z_weight
-        self.router_fp32 = config.moe_router_fp32
-        self.router = Linear(config.d_model, n, bias=False)
+        self.router = Router(config.d_model, n, config.moe_router_fp32)
         if self.noise_scale > 0:
-            self.noise = Linear(config.d_model, n, bias=False)
+            self.noise = Router(config.d_model, n, config.moe_router_fp32)
         expert = dataclasses.replace(config, d_ff=config.moe_d_ff, moe_experts=0)
         self.experts = nn.ModuleList(FeedForward(expert) for _ in range(n))
         self.stats: dict[str, torch.Tensor] = {}
         self.aux_loss: torch.Tensor | None = None
 
-    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if not self.router_fp32:
-            return linear(x, weight)
-        # routing decisions are sensitive to rounding: keep the gate out of bf16 (ST-MoE §2.2)
-        with torch.autocast(x.device.type, enabled=False):
-            return linear(x.float(), weight.float())
-
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
         """W_g·x (N, n), plus Shazeer's learned noise ε ⊙ softplus(W_noise·x) in training."""
-        logits = self._project(x, self.router.weight)
+        logits = self.router(x)
         if self.training and self.noise_scale > 0:
-            std = F.softplus(self._project(x, self.noise.weight))
+            std = F.softplus(self.noise(x))
             logits = logits + torch.randn_like(logits) * std * self.noise_scale
         return logits
 
