@@ -63,7 +63,9 @@ class SelfAttention(nn.Module):
         self.head_dim = config.head_dim
         self.scale = None if config.scale_attention else 1.0
         n_qkv = config.head_dim * (config.n_head + 2 * config.n_kv_head)
-        self.qkv = Linear(config.d_model, n_qkv, bias=config.bias)
+        q, kv = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+        self.qkv = Linear(config.d_model, n_qkv, bias=config.bias,
+                          slices={"q": q, "k": kv, "v": kv})
         self.out = Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,

@@ -34,7 +34,8 @@ from lmforge.model.attention import KVStore
 from lmforge.model.block import Block
 from lmforge.model.config import ModelConfig
 from lmforge.model.cross_attention import CrossMemory
-from lmforge.model.linear import Linear, linear
+from lmforge.model.heads import TiedHead
+from lmforge.model.linear import Linear
 from lmforge.model.masks import BiasedStore, NoCache
 from lmforge.model.norm import make_norm
 from lmforge.model.position import (
@@ -93,11 +94,29 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(config, i, cross) for i in range(config.n_layer))
         if not config.post_norm:
             self.norm = make_norm(config)
-        if not config.tie_embeddings:
-            self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        # a module that forward calls, replaceable from outside; tied: reads embed.weight
+        self.lm_head = (TiedHead(self.embed) if config.tie_embeddings
+                        else Linear(config.d_model, config.vocab_size, bias=False))
+        # zero elements that follow .to(): the model's dtype and device, whatever its weights
+        # hold (int8 beside fp32 norms); not saved (non-persistent)
+        self.register_buffer("dtype_marker", torch.empty(0), persistent=False)
 
     def head_weight(self) -> torch.Tensor:
-        return self.embed.weight if self.config.tie_embeddings else self.lm_head.weight
+        """The head's matrix (vocab, d): the embedding's when tied."""
+        return self.lm_head.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in (its hidden states', its KV cache's)."""
+        return self.dtype_marker.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.dtype_marker.device
+
+    def init_buffers(self) -> None:
+        """Materialise `dtype_marker` after building on the meta device (`api.build_model`)."""
+        self.dtype_marker = torch.empty(0, device=self.embed.weight.device)
 
     def forward(self, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, cache: KVStore | None = None,
@@ -111,7 +130,7 @@ class Transformer(nn.Module):
                         memory=memory, memory_mask=memory_mask)
         if self.config.head_rescale:
             x = x * self.config.d_model ** -0.5
-        return linear(x, self.head_weight()).float()
+        return self.lm_head(x).float()
 
     def hidden(self, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
                positions: torch.Tensor | None = None, cache: KVStore | None = None,
