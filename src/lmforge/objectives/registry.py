@@ -36,7 +36,6 @@ from lmforge.data.lines import Specials, line_index, newline_counts
 from lmforge.errors import LmforgeError
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import NSPHead
-from lmforge.model.linear import linear
 from lmforge.objectives.causal_lm import causal_lm_loss
 from lmforge.objectives.masked_lm import IGNORE
 from lmforge.objectives.nsp import nsp_loss
@@ -136,7 +135,7 @@ class MaskedLM(Objective):
         h = task.model.hidden(batch["ids"], token_types=batch.get("token_types"),
                               attention_mask=batch.get("attention_mask"))
         chosen = batch["labels"] != IGNORE
-        logits = linear(h[chosen], task.model.head_weight()).float()
+        logits = task.model.lm_head(h[chosen]).float()  # the head module: replaceable
         return h, {"mlm": F.cross_entropy(logits, batch["labels"][chosen])}
 
     def losses(self, task: nn.Module, batch: batches.Batch) -> Losses:

@@ -84,7 +84,7 @@ def layer_grad_norms(model: Transformer, world: distributed.World, sharded: bool
     blocks = [(str(i), b) for i, b in enumerate(model.layers)]
     if hasattr(model, "encoder"):
         blocks = [(f"encoder.{i}", b) for i, b in enumerate(model.encoder.layers)] + blocks
-    zero = torch.zeros((), device=next(model.parameters()).device)
+    zero = torch.zeros((), device=model.device)
     squares = torch.stack([
         sum(((p.grad.float() ** 2).sum() for p in b.parameters() if p.grad is not None), zero)
         for _, b in blocks])
