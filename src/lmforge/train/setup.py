@@ -133,7 +133,8 @@ class Trainer:
     @property
     def module(self) -> nn.Module:
         """What the optimizer, clipping and evaluation see: FSDP's wrapper (it owns the
-        shards), else the plain task (DDP's wrapper would sync gradients in evaluation)."""
+        shards), else the plain task (DDP's wrapper renames the parameters, and its forward
+        is a collective, while only rank 0 evaluates)."""
         return self.wrapped if self.sharded else self.task
 
 
