@@ -74,11 +74,18 @@ def embed(lm: LoadedModel, texts: list[str], batch_size: int = 32,
     """(len(texts), d_model) fp32 sentence embeddings, unit length unless normalize=False."""
     if isinstance(texts, str):
         raise LmforgeError("embed takes a list of texts, not one string")
-    tok = lm.tokenizer
-    if not hasattr(tok, "encode_pair"):
-        raise LmforgeError(f"{lm.name}'s tokenizer ({type(tok).__name__}) cannot encode "
-                           "sentences for an encoder ([CLS] text [SEP]); it needs a WordPiece "
-                           "tokenizer")
-    pairs = [tok.encode_pair(t) for t in texts]
+    pairs = [sentence_ids(lm.tokenizer, t) for t in texts]
     return embed_ids(lm.model, [p[0] for p in pairs], [p[1] for p in pairs], batch_size,
                      normalize)
+
+
+def sentence_ids(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """(ids, token types) of `[CLS] text [SEP]`: a WordPiece tokenizer's own pair encoding,
+    else the layout of lmforge's masked-LM training (`data.lines.specials_for`)."""
+    if hasattr(tokenizer, "encode_pair"):
+        return tokenizer.encode_pair(text)
+    from lmforge.data.lines import specials_for
+
+    sp = specials_for(tokenizer)
+    ids = [sp.cls, *tokenizer.encode(text, parse_special=False), sp.sep]
+    return ids, [0] * len(ids)

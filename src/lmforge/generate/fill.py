@@ -39,6 +39,21 @@ def _encode_with(tokenizer: Tokenizer, pieces: list[str], between: list[int]) ->
     return ids
 
 
+def has_mlm_head(lm) -> bool:
+    """Whether a loaded encoder was trained here with masked LM (converted BERTs keep no MLM
+    head, so their [MASK] logits mean nothing)."""
+    return lm.config.family == "encoder" and lm.metadata.get("format") is not None
+
+
+def mask_input(tokenizer: Tokenizer, text: str) -> list[int]:
+    """The ids an encoder reads to fill `text`: `[CLS] text [SEP]`, each [MASK] its id."""
+    pieces = text.split(MASK)
+    if len(pieces) == 1:
+        raise LmforgeError(f"the text has no {MASK} to fill; write e.g. 'ROM{MASK}O:'")
+    sp = specials_for(tokenizer)
+    return [sp.cls, *_encode_with(tokenizer, pieces, [sp.mask] * (len(pieces) - 1)), sp.sep]
+
+
 @torch.no_grad()
 def fill_masks(model: Transformer, tokenizer: Tokenizer, text: str, top_k: int = 0
                ) -> str | list[list[tuple[str, float]]]:
@@ -48,11 +63,8 @@ def fill_masks(model: Transformer, tokenizer: Tokenizer, text: str, top_k: int =
         raise LmforgeError(f"fill_masks needs an encoder trained with masked LM; this model "
                            f"is a {model.config.family}")
     pieces = text.split(MASK)
-    if len(pieces) == 1:
-        raise LmforgeError(f"the text has no {MASK} to fill; write e.g. 'ROM{MASK}O:'")
     sp = specials_for(tokenizer)
-    ids = [sp.cls, *_encode_with(tokenizer, pieces, [sp.mask] * (len(pieces) - 1)), sp.sep]
-    x = torch.tensor([ids])
+    x = torch.tensor([mask_input(tokenizer, text)])
     logits = model.eval()(x)[0, x[0] == sp.mask, : sp.n_text]  # text tokens only
     if top_k:
         probs, best = logits.softmax(-1).topk(top_k, dim=-1)

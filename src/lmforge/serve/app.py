@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from lmforge.errors import LmforgeError, excerpt
+from lmforge.generate.fill import has_mlm_head
 from lmforge.serve.fill import fill_completion
 from lmforge.serve.generation import generate
 from lmforge.serve.logprobs import TokenText
@@ -67,7 +68,7 @@ class Served:
     @property
     def endpoints(self) -> list[str]:
         if self.scheduler is None:
-            return ["embeddings", "completions"]
+            return ["embeddings", "completions"] if has_mlm_head(self.lm) else ["embeddings"]
         has_template = self.lm.tokenizer.chat_template is not None
         return ["chat", "completions"] if has_template else ["completions"]
 
@@ -97,8 +98,9 @@ class ServerState:
 def wrong_endpoint(served: Served, endpoint: str) -> str:
     """Why `served` does not answer on `endpoint`, and where to go instead."""
     if served.scheduler is None:
-        return (f"{served.id} is an encoder: use /v1/embeddings for sentence vectors, or "
-                "/v1/completions with [MASK] in the prompt to fill it")
+        fill = (", or /v1/completions with [MASK] in the prompt to fill it"
+                if has_mlm_head(served.lm) else " (it has no masked-LM head to fill [MASK])")
+        return f"{served.id} is an encoder: use /v1/embeddings for sentence vectors{fill}"
     if endpoint == "chat":
         return (f"{served.id} has no chat template (its tokenizer defines none), so it "
                 "serves completions only: use /v1/completions with a prompt")
@@ -270,9 +272,9 @@ def encode_prompts(served: Served, prompts: list[str | list[int]]) -> list[list[
 
 
 def embed_texts(lm, texts: list[str]) -> tuple[list[list[float]], int]:
-    from lmforge.embed import embed
+    from lmforge.embed import embed, sentence_ids
 
-    n_tokens = sum(len(lm.tokenizer.encode_pair(t)[0]) for t in texts)
+    n_tokens = sum(len(sentence_ids(lm.tokenizer, t)[0]) for t in texts)
     return embed(lm, texts).tolist(), n_tokens
 
 
@@ -311,7 +313,7 @@ def slot_gb(lm, ctx: int) -> float:
     also holds the cross-attention K/V of a source of up to `ctx` tokens)."""
     c = lm.config
     ctx *= 2 if c.family == "encoder_decoder" else 1
-    itemsize = next(lm.model.parameters()).element_size()
+    itemsize = lm.model.dtype.itemsize
     return 2 * c.n_layer * c.n_kv_head * ctx * c.head_dim * itemsize / 1e9
 
 
@@ -348,8 +350,8 @@ def make_state(models: list, served_name: str | None = None, ctx: int | None = N
                                "for the first or serve distinct models")
         if not lm.config.causal:
             served[name] = Served(name, lm)
-            lines.append(f"{name} (embeddings, {lm.config.d_model} dimensions; [MASK] "
-                         "filling on completions)")
+            lines.append(f"{name} ({' and '.join(served[name].endpoints)}, "
+                         f"{lm.config.d_model} dimensions)")
             continue
         window = min(ctx or 2048, lm.config.max_seq_len)
         per_slot = slot_gb(lm, window)

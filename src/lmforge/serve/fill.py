@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from lmforge.generate.fill import MASK, fill_masks
+from lmforge.generate.fill import MASK, fill_masks, mask_input
 from lmforge.serve.reply import Reply
 from lmforge.serve.scheduler import Event
 from lmforge.serve.schemas import GenerationRequest, bad
@@ -39,10 +39,9 @@ async def fill_completion(served: Served, req: GenerationRequest):
 
     check_fill(req)
     texts = [p for p in req.prompts if isinstance(p, str)]
+    prompts = [mask_input(served.lm.tokenizer, t) for t in texts]
     async with served.lock:  # one pass at a time per model
         filled = await asyncio.to_thread(_fill_all, served.lm, texts)
-    tok = served.lm.tokenizer
-    prompts = [tok.encode(t, parse_special=False) for t in texts]
     reply = Reply(served.id, req, prompts, len(texts), served.token_text)
     events = _events(filled)
     return EventStream(reply.sse(events)) if req.stream else await reply.whole(events)
