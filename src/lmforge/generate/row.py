@@ -59,12 +59,20 @@ class Step:
 
 def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
     """log softmax(logits)[token] and the `top` best alternatives, from fp32 logits (V,)."""
-    logprobs = logits.float().log_softmax(dim=-1)
-    pairs = []
-    if top:
-        values, ids = logprobs.topk(top)
-        pairs = list(zip(ids.tolist(), values.tolist(), strict=True))
-    return TokenLogprob(token, float(logprobs[token]), pairs)
+    return token_logprobs(logits[None], [token], top)[0]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """`token_logprob` of each row of logits (N, V) and its token, in one pass, computed as
+    the scoring layer does (`lmforge.score.distribution_scores`)."""
+    from lmforge.score import distribution_scores  # score builds on the generation core
+
+    if not tokens:
+        return []
+    target = torch.tensor(tokens, device=logits.device)
+    lp, _, ids, values = distribution_scores(logits, target, top)
+    return [TokenLogprob(t, v, list(zip(i, x, strict=True))) for t, v, i, x in zip(
+        tokens, lp.tolist(), ids.tolist(), values.tolist(), strict=True)]
 
 
 def mask_from(first: int) -> Processor:

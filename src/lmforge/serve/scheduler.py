@@ -31,7 +31,7 @@ from lmforge.generate.beam import beam_answers
 from lmforge.generate.cache import KVCache
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.core import Batch, Timing
-from lmforge.generate.row import RowDecoder, Step, TokenLogprob, token_logprob
+from lmforge.generate.row import RowDecoder, Step, TokenLogprob, token_logprobs
 from lmforge.model.transformer import Transformer
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.schemas import APIError
@@ -207,9 +207,7 @@ class Scheduler:
         An encoder-decoder's prompt is its source, which the decoder does not predict."""
         if self.model.config.family == "encoder_decoder":
             return [None] * len(seq.prompt)
-        top = seq.logprobs or 0
-        return [None] + [token_logprob(logits[t - 1], seq.prompt[t], top)
-                         for t in range(1, len(seq.prompt))]
+        return [None, *token_logprobs(logits[:-1], seq.prompt[1:], seq.logprobs or 0)]
 
     def _emit(self, seq: Sequence, step: Step,
               prompt_logprobs: list[TokenLogprob | None] | None = None) -> None:
