@@ -1,4 +1,5 @@
-"""Cross-entropy, perplexity and bits per byte of a causal LM over a text.
+"""Cross-entropy, perplexity and bits per byte of a causal LM (decoder or prefix decoder,
+read causally) over a text.
 
 The text's tokens are cut into non-overlapping windows of `ctx` tokens; each window is one
 forward pass, and every token but the first of its window is scored (the first has no
@@ -9,6 +10,8 @@ context inside the window). With N scored tokens of negative log-likelihood ℓ_
     BPB = Σ ℓ_i / (ln 2 · B)          B = UTF-8 bytes of the text
 
 Bits per byte does not depend on the tokenizer, so it compares models with different ones.
+Each window's ℓ_i come from `lmforge.score.token_logprobs`, the scoring layer the API's
+log-probabilities and task evaluation share.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
 from lmforge.model.transformer import Transformer
+from lmforge.score import token_logprobs
 
 
 @dataclass
@@ -40,13 +43,16 @@ class EvalResult:
 
 def window_nll(model: Transformer, ids: torch.Tensor) -> float:
     """Σ −log p(x_t | x_<t) for t ≥ 1 within one window `ids` (T,)."""
-    logits = model(ids[None])[0]  # (T, V) fp32
-    return F.cross_entropy(logits[:-1], ids[1:], reduction="sum").item()
+    return -token_logprobs(model, ids).total()
 
 
 @torch.inference_mode()
 def evaluate(model: Transformer, ids: list[int], n_bytes: int, ctx: int = 1024,
              progress: bool = False) -> EvalResult:
+    if model.config.family not in ("decoder", "prefix"):
+        raise LmforgeError(f"perplexity reads a text left to right, which needs a decoder or "
+                           f"prefix decoder; this model is a {model.config.family} (score it "
+                           "with lmforge.score.token_logprobs)")
     if ctx < 2:
         raise LmforgeError(f"--ctx must be at least 2 tokens, got {ctx}")
     if ctx > model.config.max_seq_len:

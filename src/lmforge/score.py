@@ -1,0 +1,314 @@
+"""Scoring: the log-probabilities a model gives to the tokens it is shown.
+
+The one scoring layer under perplexity (`lmforge.eval.perplexity`), task evaluation and the
+API's `logprobs`. Two functions:
+
+- `token_logprobs(model, ids)`: log p of every token of one sequence from one forward pass
+  (an encoder: one pass per scored token, batched), with the top-k alternatives and whether
+  each token is the argmax (greedy) choice.
+- `loglikelihood(model, context, continuations)`: Σ log p of each continuation given the
+  context, and whether the whole continuation is the greedy one. Decoder families prefill
+  the context once into a KV-cache slot and score every continuation from a copy of it,
+  several continuations as one right-padded (ragged) batch.
+
+What "log p(x_t)" means per family (t counts from 0 over `ids`; `prefix` tokens of context
+come first and are never scored):
+
+    decoder           log p(x_t | x_<t)                                   t ≥ max(1, prefix)
+    prefix decoder    log p(x_t | x_<t), x_<prefix read bidirectionally   t ≥ max(1, prefix)
+    encoder-decoder   log p(y_t | y_<t, source), the decoder reading
+                      [decoder_start_id, y_0 … y_{t−1}]                   t ≥ prefix
+    encoder (PLL)     log p(x_t | x_\\t): x_t replaced by [MASK]          t ≥ prefix
+
+First-token rule: a decoder's token 0 has nothing to be predicted from, so it has no
+log-probability (NaN in `TokenScores`, None in `TokenScores.tolist()`, as OpenAI's
+completions API gives null); `loglikelihood` therefore needs a non-empty context for the
+decoder families (give the tokenizer's BOS token when there is no natural one).
+
+The encoder's pseudo-log-likelihood (Salazar et al., 2020, "Masked Language Model
+Scoring") is not a probability of the sequence: the terms condition on the other tokens,
+both sides, so their sum is not normalised over sequences and compares only between
+encoders, never with a decoder's log-likelihood.
+
+Logits are fp32 (the model's head casts them); log-softmax is logit − logsumexp with the
+normaliser accumulated in float64 (see `distribution_scores`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.generate.cache import KVCache
+from lmforge.generate.engine import prefill
+from lmforge.model.cross_attention import CrossMemory
+from lmforge.model.transformer import Transformer
+
+PLL_TOKENS = 8192  # tokens per forward pass of an encoder's masked copies
+BATCH_TOKENS = 2048  # positions per pass of ragged continuations (their logits are fp32)
+LSE_ROWS = 256  # rows of logits normalised at a time in float64
+
+
+@dataclass
+class TokenScores:
+    """Per-position scores of one sequence (an encoder-decoder's: the target's).
+
+    Positions without a log-probability (a decoder's token 0, the context before `prefix`)
+    hold NaN in `logprobs` and `top_logprobs`, False in `greedy` and −1 in `top_ids`."""
+
+    ids: torch.Tensor  # (T,) the scored tokens
+    logprobs: torch.Tensor  # (T,) fp32 log p(ids[t] | …)
+    greedy: torch.Tensor  # (T,) bool: ids[t] is the argmax of its distribution
+    top_ids: torch.Tensor  # (T, k) the k most likely ids, most likely first
+    top_logprobs: torch.Tensor  # (T, k) their log-probabilities
+
+    @property
+    def scored(self) -> torch.Tensor:
+        """(T,) bool: the positions that have a log-probability."""
+        return ~self.logprobs.isnan()
+
+    def total(self) -> float:
+        """Σ log p over the scored positions (accumulated in float64)."""
+        return self.logprobs[self.scored].double().sum().item()
+
+    def tolist(self) -> list[float | None]:
+        """The log-probabilities as the API returns them: None where there is none."""
+        return [None if math.isnan(x) else x for x in self.logprobs.tolist()]
+
+
+@dataclass
+class Loglikelihood:
+    """One continuation's score given the context."""
+
+    logprob: float  # Σ_t log p(c_t | context, c_<t)
+    is_greedy: bool  # every c_t is the argmax given what precedes it
+    token_logprobs: list[float]  # log p(c_t | context, c_<t), one per continuation token
+
+
+def distribution_scores(logits: torch.Tensor, targets: torch.Tensor, top: int = 0
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log p(targets), argmax == targets, top-k ids, top-k log p) of logits (N, V), targets
+    (N,): log softmax(z)_i = z_i − logsumexp(z), the normaliser summed in float64 (fp32
+    sums over SmolLM2's 49,152 logits drift by up to 1e-5 per token, a bias that adds up
+    over a continuation), a block of rows at a time to bound the float64 copy."""
+    logits = logits.float()
+    lse = torch.cat([z.double().logsumexp(-1) for z in logits.split(LSE_ROWS)])  # (N,)
+    logprobs = (logits.gather(-1, targets[:, None])[:, 0] - lse).float()
+    greedy = logits.argmax(-1) == targets
+    top_logits, top_ids = logits.topk(top, dim=-1)  # (N, k); k = 0 gives empty tensors
+    return logprobs, greedy, top_ids, (top_logits - lse[:, None]).float()
+
+
+def _as_ids(model: Transformer, ids: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
+    """`ids` as a (T,) long tensor on the model's device, checked against its vocabulary."""
+    device = next(model.parameters()).device
+    x = torch.as_tensor(ids, dtype=torch.long, device=device).flatten()
+    vocab = model.config.vocab_size
+    bad = x[(x < 0) | (x >= vocab)]
+    if len(bad):
+        raise LmforgeError(f"token id {bad[0].item()} in the {what} is outside the model's "
+                           f"vocabulary of {vocab} ids")
+    return x
+
+
+def _check_window(model: Transformer, n: int, what: str) -> None:
+    limit = model.config.max_seq_len
+    if n > limit:
+        raise LmforgeError(f"the {what} has {n} tokens but the model's context window is "
+                           f"{limit}; shorten it")
+
+
+def _memory(model: Transformer, source: Sequence[int] | torch.Tensor | None) -> CrossMemory:
+    """An encoder-decoder's cross-attention memory of one source (batch of 1)."""
+    if source is None or len(source) == 0:
+        raise LmforgeError("an encoder-decoder scores a target against a source: pass a "
+                           "non-empty source (for loglikelihood, the context)")
+    src = _as_ids(model, source, "source")
+    _check_window(model, len(src), "source")
+    return model.cross_memory(model.encode(src[None]))
+
+
+def _pll_logits(model: Transformer, ids: torch.Tensor, positions: torch.Tensor,
+                mask_id: int | None) -> torch.Tensor:
+    """Logits (P, V) at each position p of `positions`, read from a copy of `ids` whose
+    token p is [MASK] (Salazar et al., 2020): the copies go through in batches, each
+    computing its masked position only (`keep`)."""
+    if mask_id is None or not 0 <= mask_id < model.config.vocab_size:
+        raise LmforgeError(f"an encoder scores a token by masking it: pass mask_id, the "
+                           f"[MASK] id below the vocabulary of {model.config.vocab_size} "
+                           f"(lmforge.data.lines.specials_for(tokenizer).mask); got {mask_id}")
+    rows = max(1, PLL_TOKENS // len(ids))
+    out = []
+    for chunk in positions.split(rows):
+        copies = ids.repeat(len(chunk), 1)  # (n, T)
+        copies[torch.arange(len(chunk), device=ids.device), chunk] = mask_id
+        out.append(model(copies, keep=chunk[:, None])[:, 0])  # (n, V)
+    return torch.cat(out)
+
+
+def _logits(model: Transformer, x: torch.Tensor, positions: torch.Tensor,
+            source: Sequence[int] | torch.Tensor | None, prefix: int, mask_id: int | None
+            ) -> torch.Tensor:
+    """The logits (P, V) of the distributions that predict x at `positions` (P,)."""
+    family = model.config.family
+    if family == "encoder":
+        return _pll_logits(model, x, positions, mask_id)
+    if family == "encoder_decoder":
+        memory = _memory(model, source)
+        # the decoder reads [start, y_0 … y_{T−2}]; its output at t predicts y_t
+        dec = torch.cat([x.new_tensor([model.config.decoder_start_id]), x[:-1]])
+        return model(dec[None], keep=positions[None], memory=memory)[0]
+    kw = {"prefix": x.new_tensor([prefix])} if family == "prefix" and prefix else {}
+    # the output at t − 1 predicts x_t: compute those positions only (`keep`)
+    return model(x[None], keep=(positions - 1)[None], **kw)[0]
+
+
+@torch.inference_mode()
+def token_logprobs(model: Transformer, ids: Sequence[int] | torch.Tensor, *, top: int = 0,
+                   prefix: int = 0, source: Sequence[int] | torch.Tensor | None = None,
+                   mask_id: int | None = None) -> TokenScores:
+    """Log-probability of every token of `ids` under `model` (formulas in the module doc).
+
+    top: also the k most likely ids per position and their log-probabilities (the API's
+    top_logprobs). prefix: the first `prefix` tokens are context only, not scored; a prefix
+    decoder also reads them bidirectionally, as in its training (0: fully causal). source:
+    an encoder-decoder's source (then `ids` is the target). mask_id: an encoder's [MASK]
+    id (`lmforge.data.lines.specials_for(tokenizer).mask`); the encoder sees `ids` exactly
+    as given, so add [CLS] … [SEP] when it was trained with them.
+    """
+    x = _as_ids(model, ids, "sequence")
+    T = len(x)
+    if T == 0:
+        raise LmforgeError("the sequence to score is empty: give at least one token")
+    if not 0 <= prefix <= T:
+        raise LmforgeError(f"prefix={prefix} must lie between 0 and the sequence's {T} tokens")
+    if top < 0 or top > model.config.vocab_size:
+        raise LmforgeError(f"top={top} must lie between 0 and the vocabulary size "
+                           f"{model.config.vocab_size}")
+    _check_window(model, T, "sequence")
+    first = prefix if model.config.family in ("encoder", "encoder_decoder") else max(1, prefix)
+    positions = torch.arange(first, T, device=x.device)
+    if len(positions):
+        logits = _logits(model, x, positions, source, prefix, mask_id)
+    else:  # nothing to score (a decoder's single token, or all context)
+        logits = torch.zeros(0, model.config.vocab_size, device=x.device)
+    lp, greedy, best, best_lp = distribution_scores(logits, x[positions], top)
+    scores = TokenScores(x, torch.full((T,), math.nan, device=x.device),
+                         torch.zeros(T, dtype=torch.bool, device=x.device),
+                         torch.full((T, top), -1, dtype=torch.long, device=x.device),
+                         torch.full((T, top), math.nan, device=x.device))
+    scores.logprobs[positions] = lp
+    scores.greedy[positions] = greedy
+    scores.top_ids[positions] = best
+    scores.top_logprobs[positions] = best_lp
+    return scores
+
+
+@torch.inference_mode()
+def loglikelihood(model: Transformer, context: Sequence[int],
+                  continuations: Sequence[Sequence[int]], *, batch: int = 8,
+                  mask_id: int | None = None) -> list[Loglikelihood]:
+    """Σ_t log p(c_t | context, c_<t) of each continuation c, and whether every c_t is the
+    argmax (lm-evaluation-harness's `loglikelihood` requests).
+
+    Decoder and prefix decoder: the context is prefilled once (a prefix decoder reads it as
+    its bidirectional prefix) and each continuation is scored from a copy of its cache slot,
+    up to `batch` continuations per forward pass. Encoder-decoder: the context is the
+    source, encoded once; the continuation is the target. Encoder: the pseudo-log-likelihood
+    of the continuation's tokens within context + continuation (needs `mask_id`).
+    Equal, up to rounding, to `token_logprobs(model, context + c, prefix=len(context))`
+    (an encoder-decoder: `token_logprobs(model, c, source=context)`).
+    """
+    if not continuations:
+        return []
+    for i, c in enumerate(continuations):
+        if len(c) == 0:
+            raise LmforgeError(f"continuation {i} is empty: give at least one token to score")
+    family = model.config.family
+    if family == "encoder":
+        return [_summed(token_logprobs(model, [*context, *c], prefix=len(context),
+                                       mask_id=mask_id)) for c in continuations]
+    if family != "encoder_decoder":
+        if len(context) == 0:
+            raise LmforgeError("the context is empty: a decoder's first token has nothing to be "
+                               "predicted from; start the context with a token such as BOS")
+        for i, c in enumerate(continuations):
+            _check_window(model, len(context) + len(c), f"context + continuation {i}")
+    if batch < 1:
+        raise LmforgeError(f"batch must be at least 1, got {batch}")
+    for i, c in enumerate(continuations):
+        _as_ids(model, c, f"continuation {i}")
+        _check_window(model, len(c), f"continuation {i}")
+    return _cached_loglikelihood(model, list(context), [list(c) for c in continuations], batch)
+
+
+def _summed(scores: TokenScores) -> Loglikelihood:
+    scored = scores.scored
+    return Loglikelihood(scores.total(), bool(scores.greedy[scored].all()),
+                         scores.logprobs[scored].tolist())
+
+
+def _cached_loglikelihood(model: Transformer, context: list[int],
+                          continuations: list[list[int]], batch: int) -> list[Loglikelihood]:
+    memory = None
+    start = _as_ids(model, context, "context").tolist()
+    if model.config.family == "encoder_decoder":
+        memory = _memory(model, context)
+        start = [model.config.decoder_start_id]
+    longest = max(map(len, continuations))
+    p = next(model.parameters())
+    # the slots hold start + c[:-1]: the last token of c is scored, never read
+    cache = KVCache(model.config, 1 + min(batch, len(continuations)),
+                    len(start) + longest - 1, dtype=p.dtype, device=p.device)
+    base = cache.allocate()
+    first = prefill(model, cache, base, start, memory).float()  # predicts every c_0
+    slots = [cache.allocate() for _ in range(cache.n_free)]
+    results: list[Loglikelihood | None] = [None] * len(continuations)
+    for group in _groups(continuations, len(slots)):
+        rows = [continuations[i] for i in group]
+        for i, scored in zip(group, _score_rows(model, cache, base, slots, first, rows, memory),
+                             strict=True):
+            results[i] = scored
+    return results
+
+
+def _groups(continuations: list[list[int]], batch: int) -> list[list[int]]:
+    """Indices of the continuations in ragged batches: longest first (less padding), at
+    most `batch` rows and about BATCH_TOKENS positions per pass."""
+    order = sorted(range(len(continuations)), key=lambda i: -len(continuations[i]))
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        width = len(continuations[g[0]]) if g else 0  # the group's longest row comes first
+        if g is None or len(g) == batch or (len(g) + 1) * width > BATCH_TOKENS:
+            groups.append([i])
+        else:
+            g.append(i)
+    return groups
+
+
+def _score_rows(model: Transformer, cache: KVCache, base: int, slots: list[int],
+                first: torch.Tensor, rows: list[list[int]], memory: CrossMemory | None
+                ) -> list[Loglikelihood]:
+    """Score continuations from copies of slot `base` in one pass over c[:-1] of each row,
+    right-padded to the longest (`KVCache.step` with n_new per row)."""
+    slots = slots[: len(rows)]
+    for s in slots:
+        cache.copy(base, s)
+    width = max(map(len, rows)) - 1
+    device = first.device
+    if width:
+        ids = torch.tensor([c[:-1] + [0] * (width + 1 - len(c)) for c in rows], device=device)
+        step = cache.step(slots, n_new=[len(c) - 1 for c in rows], width=width)
+        mem = None if memory is None else memory.select([0] * len(rows))
+        logits = model(ids, cache=step, memory=mem)  # (B, width, V): output t predicts c_{t+1}
+    out = []
+    for b, c in enumerate(rows):
+        z = torch.cat([first[None], logits[b, : len(c) - 1]]) if width else first[None]
+        lp, greedy, _, _ = distribution_scores(z, torch.tensor(c, device=device))
+        out.append(Loglikelihood(lp.double().sum().item(), bool(greedy.all()), lp.tolist()))
+    return out
