@@ -44,7 +44,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.generate.cache import KVCache
-from lmforge.generate.engine import prefill
+from lmforge.generate.core import encode_source, prefill, prompt_ids
 from lmforge.model.cross_attention import CrossMemory
 from lmforge.model.transformer import Transformer
 
@@ -105,8 +105,7 @@ def distribution_scores(logits: torch.Tensor, targets: torch.Tensor, top: int = 
 
 def _as_ids(model: Transformer, ids: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
     """`ids` as a (T,) long tensor on the model's device, checked against its vocabulary."""
-    device = next(model.parameters()).device
-    x = torch.as_tensor(ids, dtype=torch.long, device=device).flatten()
+    x = torch.as_tensor(ids, dtype=torch.long, device=model.device).flatten()
     vocab = model.config.vocab_size
     bad = x[(x < 0) | (x >= vocab)]
     if len(bad):
@@ -232,18 +231,22 @@ def loglikelihood(model: Transformer, context: Sequence[int],
     if family == "encoder":
         return [_summed(token_logprobs(model, [*context, *c], prefix=len(context),
                                        mask_id=mask_id)) for c in continuations]
-    if family != "encoder_decoder":
-        if len(context) == 0:
-            raise LmforgeError("the context is empty: a decoder's first token has nothing to be "
-                               "predicted from; start the context with a token such as BOS")
-        for i, c in enumerate(continuations):
-            _check_window(model, len(context) + len(c), f"context + continuation {i}")
+    if len(context) == 0:
+        raise LmforgeError("the context is empty: a decoder's first continuation token would "
+                           "have nothing to be predicted from (an encoder-decoder reads the "
+                           "context as its source); start it with a token such as BOS")
     if batch < 1:
         raise LmforgeError(f"batch must be at least 1, got {batch}")
+    context = _as_ids(model, context, "context").tolist()
+    # an encoder-decoder's context is its source: each continuation has the window alone
+    separate = family == "encoder_decoder"
+    if separate:
+        _check_window(model, len(context), "context (the source)")
     for i, c in enumerate(continuations):
         _as_ids(model, c, f"continuation {i}")
-        _check_window(model, len(c), f"continuation {i}")
-    return _cached_loglikelihood(model, list(context), [list(c) for c in continuations], batch)
+        _check_window(model, len(c) + (0 if separate else len(context)),
+                      f"{'' if separate else 'context + '}continuation {i}")
+    return _cached_loglikelihood(model, context, [list(c) for c in continuations], batch)
 
 
 def _summed(scores: TokenScores) -> Loglikelihood:
@@ -254,23 +257,21 @@ def _summed(scores: TokenScores) -> Loglikelihood:
 
 def _cached_loglikelihood(model: Transformer, context: list[int],
                           continuations: list[list[int]], batch: int) -> list[Loglikelihood]:
-    memory = None
-    start = _as_ids(model, context, "context").tolist()
-    if model.config.family == "encoder_decoder":
-        memory = _memory(model, context)
-        start = [model.config.decoder_start_id]
+    start, source = prompt_ids(model, context)  # an encoder-decoder: ([start id], context)
     longest = max(map(len, continuations))
-    p = next(model.parameters())
     # the slots hold start + c[:-1]: the last token of c is scored, never read
-    cache = KVCache(model.config, 1 + min(batch, len(continuations)),
-                    len(start) + longest - 1, dtype=p.dtype, device=p.device)
+    cache = KVCache(model.config, 1 + min(batch, len(continuations)), len(start) + longest - 1,
+                    dtype=model.dtype, device=model.device,
+                    source_len=len(source) if source else None)
     base = cache.allocate()
-    first = prefill(model, cache, base, start, memory).float()  # predicts every c_0
+    if source:
+        encode_source(model, cache, base, source)  # copied with the slot, like its keys
+    first = prefill(model, cache, base, start).float()  # predicts every c_0
     slots = [cache.allocate() for _ in range(cache.n_free)]
     results: list[Loglikelihood | None] = [None] * len(continuations)
     for group in _groups(continuations, len(slots)):
         rows = [continuations[i] for i in group]
-        for i, scored in zip(group, _score_rows(model, cache, base, slots, first, rows, memory),
+        for i, scored in zip(group, _score_rows(model, cache, base, slots, first, rows),
                              strict=True):
             results[i] = scored
     return results
@@ -292,10 +293,10 @@ def _groups(continuations: list[list[int]], batch: int) -> list[list[int]]:
 
 
 def _score_rows(model: Transformer, cache: KVCache, base: int, slots: list[int],
-                first: torch.Tensor, rows: list[list[int]], memory: CrossMemory | None
-                ) -> list[Loglikelihood]:
-    """Score continuations from copies of slot `base` in one pass over c[:-1] of each row,
-    right-padded to the longest (`KVCache.step` with n_new per row)."""
+                first: torch.Tensor, rows: list[list[int]]) -> list[Loglikelihood]:
+    """Score continuations from copies of slot `base` (its keys, values and encoder output)
+    in one pass over c[:-1] of each row, right-padded to the longest (`KVCache.step` with
+    n_new per row)."""
     slots = slots[: len(rows)]
     for s in slots:
         cache.copy(base, s)
@@ -304,8 +305,8 @@ def _score_rows(model: Transformer, cache: KVCache, base: int, slots: list[int],
     if width:
         ids = torch.tensor([c[:-1] + [0] * (width + 1 - len(c)) for c in rows], device=device)
         step = cache.step(slots, n_new=[len(c) - 1 for c in rows], width=width)
-        mem = None if memory is None else memory.select([0] * len(rows))
-        logits = model(ids, cache=step, memory=mem)  # (B, width, V): output t predicts c_{t+1}
+        # (B, width, V): row b's output t predicts c_{t+1}
+        logits = model(ids, cache=step, memory=cache.cross(slots))
     out = []
     for b, c in enumerate(rows):
         z = torch.cat([first[None], logits[b, : len(c) - 1]]) if width else first[None]
