@@ -103,9 +103,8 @@ def cache_for(model: Transformer, n_rows: int, longest_prompt: int, max_tokens: 
     if longest >= limit:
         raise LmforgeError(f"the prompt has {longest} tokens but the model's context "
                            f"window is {limit}; shorten the prompt")
-    p = next(model.parameters())
     return KVCache(model.config, n_rows, min(limit, longest_prompt + max_tokens),
-                   dtype=p.dtype, device=p.device, source_len=longest_source)
+                   dtype=model.dtype, device=model.device, source_len=longest_source)
 
 
 @dataclass

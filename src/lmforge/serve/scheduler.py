@@ -91,8 +91,7 @@ class Scheduler:
                  prefix_reuse: bool = True) -> None:
         self.name, self.model, self.tokenizer = name, model.eval(), tokenizer
         self.max_batch, self.max_queue, self.metrics = max_batch, max_queue, metrics
-        p = next(model.parameters())
-        self.cache = KVCache(model.config, n_slots, ctx, dtype=p.dtype, device=p.device,
+        self.cache = KVCache(model.config, n_slots, ctx, dtype=model.dtype, device=model.device,
                              source_len=ctx)
         # only a decoder's keys and values depend on the earlier tokens alone (slots.py)
         self.pool = SlotPool(self.cache, prefix_reuse and model.config.family == "decoder")
