@@ -121,10 +121,10 @@ def test_a_failing_prefill_fails_only_its_own_request(served, http, monkeypatch)
     prefill = Batch.prefill
     poison = served.models["decoder"].tokenizer.encode("XQX", parse_special=False)
 
-    def failing(self, slot, prompt, reused=0, all_logits=False):
+    def failing(self, slot, prompt, *args, **kw):
         if prompt[-len(poison):] == poison:
             raise RuntimeError("injected prefill failure")
-        return prefill(self, slot, prompt, reused, all_logits)
+        return prefill(self, slot, prompt, *args, **kw)
 
     monkeypatch.setattr(Batch, "prefill", failing)
     name = served.ids["decoder"]

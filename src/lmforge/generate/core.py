@@ -23,6 +23,7 @@ from lmforge.generate.cache import KVCache
 from lmforge.generate.compiled import decode_forward
 from lmforge.generate.row import RowDecoder, Step
 from lmforge.model.cross_attention import CrossMemory
+from lmforge.model.prefix import PrefixKV
 from lmforge.model.transformer import Transformer
 
 PREFILL_CHUNK = 1024
@@ -124,14 +125,17 @@ class Batch:
         self.rows: list[Row] = []
 
     def prefill(self, slot: int, prompt: list[int], reused: int = 0,
-                all_logits: bool = False) -> torch.Tensor:
+                all_logits: bool = False, prefix: PrefixKV | None = None) -> torch.Tensor:
         """Prefill `prompt` into `slot`, whose first `reused` positions already hold it (an
-        encoder-decoder's prompt is its source, encoded here); logits (V,) of the last
+        encoder-decoder's prompt is its source, encoded here; a P-Tuning v2 `prefix` is
+        written first into a slot that holds nothing yet); logits (V,) of the last
         position, or (T, V) of every prefilled position with `all_logits`."""
         ids, source = prompt_ids(self.model, prompt)
         if source is not None:
             encode_source(self.model, self.cache, slot, source)
             reused = 0
+        if prefix is not None and reused == 0:
+            self.cache.write_prefix(slot, prefix)
         return prefill(self.model, self.cache, slot, ids[reused:], all_logits=all_logits)
 
     def join(self, slot: int, decoder: RowDecoder, logits: torch.Tensor) -> Step:

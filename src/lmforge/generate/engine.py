@@ -29,6 +29,7 @@ from lmforge.generate.core import (
 )
 from lmforge.generate.processors import Processor
 from lmforge.generate.row import RowDecoder, Step
+from lmforge.model.prefix import PrefixKV
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizers.base import Tokenizer
 
@@ -55,15 +56,17 @@ def seeds_for(config: GenerationConfig, n_rows: int) -> list[int | None]:
 @torch.inference_mode()
 def decode_rows(model: Transformer, prompts: list[list[int]], config: GenerationConfig,
                 stop_ids: Sequence[int], rows: Rows, *, tokenizer: Tokenizer | None = None,
-                processors: Sequence[Processor] = (), logprobs: int | None = None
-                ) -> Iterator[list[tuple[int, Step]]]:
+                processors: Sequence[Processor] = (), logprobs: int | None = None,
+                prefix: PrefixKV | None = None) -> Iterator[list[tuple[int, Step]]]:
     """Yield, at each step, (row, Step) for every row still running. Row r is answer
-    r % n of prompt r // n; all n answers of a prompt share its prefill (copied slots)."""
+    r % n of prompt r // n; all n answers of a prompt share its prefill (copied slots).
+    `prefix`: P-Tuning v2 keys and values every row reads before its prompt."""
     n = config.n
     t0 = time.perf_counter()
     pairs = [prompt_ids(model, p) for p in prompts]
     sources = [s for _, s in pairs if s is not None]
-    cache = cache_for(model, len(prompts) * n, max(len(d) for d, _ in pairs),
+    extra = 0 if prefix is None else prefix.n_prefix
+    cache = cache_for(model, len(prompts) * n, extra + max(len(d) for d, _ in pairs),
                       config.max_tokens, max(map(len, sources)) if sources else None)
     batch = Batch(model, cache)
     vocab = model.config.vocab_size
@@ -71,7 +74,7 @@ def decode_rows(model: Transformer, prompts: list[list[int]], config: Generation
     first: list[tuple[int, Step]] = []
     for p, prompt in enumerate(prompts):
         slot = cache.allocate()
-        logits = batch.prefill(slot, prompt)
+        logits = batch.prefill(slot, prompt, prefix=prefix)
         rows.timing.prompt_tokens += len(prompt)
         copies = [slot] + [cache.allocate() for _ in range(n - 1)]
         for s in copies[1:]:
@@ -127,16 +130,19 @@ class Engine:
         self.timing = Timing()
 
     def stream(self, prompts: list[list[int]], config: GenerationConfig,
-               processors: Sequence[Processor] = ()) -> Iterator[Delta]:
+               processors: Sequence[Processor] = (), prefix: PrefixKV | None = None
+               ) -> Iterator[Delta]:
         """Text deltas of every answer as tokens arrive (n answers per prompt);
-        `processors`: extra logits processors applied to every row."""
+        `processors`: extra logits processors applied to every row; `prefix`: P-Tuning v2
+        keys and values read before every prompt."""
         if config.num_beams > 1:
             yield from self._beam_deltas(prompts, config)
             return
         rows = Rows([None] * (len(prompts) * config.n))
         self.timing = rows.timing
         for step in decode_rows(self.model, prompts, config, self.tokenizer.stop_token_ids,
-                                rows, tokenizer=self.tokenizer, processors=processors):
+                                rows, tokenizer=self.tokenizer, processors=processors,
+                                prefix=prefix):
             for row, s in step:
                 yield Delta(row, s.text, [s.token], s.finish_reason)
 

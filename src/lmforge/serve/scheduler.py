@@ -32,6 +32,7 @@ from lmforge.generate.cache import KVCache
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.core import Batch, Timing
 from lmforge.generate.row import RowDecoder, Step, TokenLogprob, token_logprobs
+from lmforge.model.prefix import PrefixKV
 from lmforge.model.transformer import Transformer
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.schemas import APIError
@@ -77,6 +78,7 @@ class Sequence:
     logprobs: int | None = None
     echo: bool = False
     score_only: bool = False
+    prefix: PrefixKV | None = None  # P-Tuning v2 keys and values read before the prompt
     cancelled: bool = False  # set by the event loop when the client goes away
     arrived: float = field(default_factory=time.perf_counter)
     slot: int = -1
@@ -180,14 +182,15 @@ class Scheduler:
                 self._emit(self._active[row.slot], step)
 
     def _start(self, seq: Sequence) -> None:
-        slot, reused = self.pool.acquire(seq.prompt, reuse=not seq.echo)
+        slot, reused = self.pool.acquire(seq.prompt, reuse=not seq.echo, key=seq.prefix)
         seq.slot = slot
         self._active[slot] = seq
         m, name = self.metrics, self.name
         m.inc("lmforge_prompt_tokens_total", len(seq.prompt), model=name)
         m.inc("lmforge_prefix_reused_tokens_total", reused, model=name)
         m.inc("lmforge_prefilled_tokens_total", len(seq.prompt) - reused, model=name)
-        logits = self.batch.prefill(slot, seq.prompt, reused, all_logits=seq.echo)
+        logits = self.batch.prefill(slot, seq.prompt, reused, all_logits=seq.echo,
+                                    prefix=seq.prefix)
         self.pool.tokens[slot] = list(seq.prompt)
         seq.decoder = RowDecoder(seq.prompt, seq.config, self.tokenizer.stop_token_ids,
                                  self.vocab_size, tokenizer=self.tokenizer, seed=seq.seed,

@@ -10,7 +10,9 @@ prompt (active slots too: their first tokens never change) and
 At least one prompt token is always left to prefill: its logits give the first new token.
 Like vLLM's automatic prefix caching, but per slot rather than per block, since our cache has
 one row per sequence. The `KVCache` owns the slots: a cached or active slot is allocated
-there, and slots are taken, freed and copied only through it.
+there, and slots are taken, freed and copied only through it. A slot that starts with a
+P-Tuning v2 prefix is reused only by prompts read after the same prefix: entries are keyed
+on the prefix in use as well as the tokens.
 
 Reuse is only correct where a token's keys and values depend on the tokens before it alone:
 a decoder. A prefix decoder reads its prompt both ways and an encoder-decoder's prompt is its
@@ -50,6 +52,7 @@ class SlotPool:
         self.cache = cache
         self.reuse = reuse  # False: every prompt is prefilled whole
         self.tokens: dict[int, list[int]] = {}  # allocated slots (active or cached)
+        self.keys: dict[int, object] = {}  # the prefix each allocated slot starts with
         self.active: set[int] = set()
         self._clock = itertools.count()
         self.last_used: dict[int, int] = {}
@@ -67,21 +70,24 @@ class SlotPool:
         """Slots a new sequence can take (free, or cached and evictable)."""
         return self.cache.n_slots - len(self.active)
 
-    def acquire(self, prompt: list[int], reuse: bool = True) -> tuple[int, int]:
+    def acquire(self, prompt: list[int], reuse: bool = True, key: object = None
+                ) -> tuple[int, int]:
         """An active slot holding the longest reusable prefix of `prompt`; (slot, reused).
-        `reuse=False`: a slot with nothing reused (the prompt's every logit is wanted)."""
+        `reuse=False`: a slot with nothing reused (the prompt's every logit is wanted);
+        `key`: the P-Tuning v2 prefix the prompt is read after (None: none)."""
         if not self.available:
             raise LmforgeError("no KV-cache slot is free or cached; wait for a sequence to end")
-        source, reused = self._best_prefix(prompt) if reuse and self.reuse else (None, 0)
+        source, reused = self._best_prefix(prompt, key) if reuse and self.reuse else (None, 0)
         if source is not None and source not in self.active \
                 and reused == len(self.tokens[source]):
             target = source
         else:
             target = self._take(keep=source)
             if source is not None and source != target:
-                self.cache.copy(source, target, reused)
-        self.cache.truncate(target, reused)
+                self.cache.copy(source, target, self.cache.prefix_len[source] + reused)
+        self.cache.truncate(target, self.cache.prefix_len[target] + reused)
         self.tokens[target] = self.tokens[source][:reused] if source is not None else []
+        self.keys[target] = key
         self.active.add(target)
         self.last_used[target] = next(self._clock)
         return target, reused
@@ -94,13 +100,16 @@ class SlotPool:
     def drop(self, slot: int) -> None:
         """Forget a slot whose contents may be half written (a failed prefill)."""
         self.active.discard(slot)
+        self.keys.pop(slot, None)
         if self.tokens.pop(slot, None) is not None:
             self.cache.free(slot)
 
-    def _best_prefix(self, prompt: list[int]) -> tuple[int | None, int]:
+    def _best_prefix(self, prompt: list[int], key: object) -> tuple[int | None, int]:
         limit = len(prompt) - 1  # the last prompt token is always prefilled
         best, best_len = None, 0
         for slot, tokens in self.tokens.items():
+            if self.keys.get(slot) is not key:
+                continue
             n = min(common_prefix(tokens, prompt), limit)
             if n > best_len:
                 best, best_len = slot, n
