@@ -86,6 +86,22 @@ def test_greedy_api_answer_equals_lmforge_generate(family, runs, served, http, c
     assert streamed + "\n" == out
 
 
+@pytest.mark.parametrize("family", GENERATIVE)
+def test_web_chat_continues_each_message_of_a_model_without_a_template(family, runs, served,
+                                                                      capsys):
+    from lmforge.serve.web import LocalBackend
+
+    main(["generate", "--model", str(runs[family]), "--prompt", PROMPT, "--max-tokens", "12",
+          "--temperature", "0"])
+    out = capsys.readouterr().out
+    backend = LocalBackend(served.models[family], "fp32")
+    config = lmforge.GenerationConfig(max_tokens=12, temperature=0)
+    history = [{"role": "user", "content": "KING:"}, {"role": "assistant", "content": "x"},
+               {"role": "user", "content": PROMPT}]
+    *_, answer = backend.stream(history, None, config)
+    assert answer.text + "\n" == out and answer.tokens >= 1
+
+
 def test_models_list_their_endpoints_and_chat_needs_a_template(served, http):
     listed = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
     for family in GENERATIVE:

@@ -4,6 +4,11 @@ Each turn re-encodes the whole history through the model's chat template (messag
 with special-token parsing off). When the history plus the answer budget no longer fits the
 context window, the oldest user/assistant turns are dropped (the system prompt stays), and
 the caller is told how many were dropped so it can show a notice.
+
+A model whose tokenizer has no chat template (a character-level run, say) has no way to tell
+the turns apart: each message is then a prompt of its own for the model to continue (an
+encoder-decoder's source), the history is kept for display only, and the one context
+rule of every front end (`generate/context.py`) checks it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from collections.abc import Iterator
 
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import GenerationConfig
+from lmforge.generate.context import fit_context
 from lmforge.generate.engine import Delta, Engine
+from lmforge.tokenizers.chat import can_chat
 
 
 class ChatSession:
@@ -46,12 +53,18 @@ class ChatSession:
             self.messages = self.messages[n:]
             self.dropped += 1
 
+    @property
+    def completions_only(self) -> bool:
+        """True when the tokenizer cannot write a chat: each message is a plain prompt."""
+        return not can_chat(self.engine.tokenizer)
+
     def send(self, text: str, config: GenerationConfig) -> Iterator[Delta]:
         """Stream the answer to `text`; the answer joins the history as it is generated,
         so an interrupted answer keeps what was said."""
         self.messages.append({"role": "user", "content": text})
         try:
-            ids = self.prompt_ids(config.max_tokens)
+            ids = self._completion_ids(text, config) if self.completions_only \
+                else self.prompt_ids(config.max_tokens)
         except LmforgeError:
             self.messages.pop()  # a message that cannot be answered does not join the history
             raise
@@ -60,3 +73,13 @@ class ChatSession:
         for delta in self.engine.stream([ids], config):
             answer["content"] += delta.text
             yield delta
+
+    def _completion_ids(self, text: str, config: GenerationConfig) -> list[int]:
+        """The message alone as a prompt, checked against the context window."""
+        ids = self.engine.tokenizer.encode(text, parse_special=True)
+        if not ids:
+            raise LmforgeError("the message is empty: type some text for the model to continue")
+        model = self.engine.model.config
+        fit_context(len(ids), config, True, model.max_seq_len,
+                    model.family == "encoder_decoder", "message")
+        return ids

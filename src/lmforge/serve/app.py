@@ -44,6 +44,7 @@ from lmforge.serve.schemas import (
     parse_embedding,
     parse_json,
 )
+from lmforge.tokenizers.chat import can_chat
 
 log = logging.getLogger("lmforge.serve")
 MAX_BODY = 4 * 1024 * 1024
@@ -61,16 +62,16 @@ class Served:
     scheduler: Scheduler | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     token_text: TokenText = field(init=False)
+    endpoints: list[str] = field(init=False)  # the API routes this model answers
 
     def __post_init__(self) -> None:
         self.token_text = TokenText(self.lm.tokenizer)
-
-    @property
-    def endpoints(self) -> list[str]:
         if self.scheduler is None:
-            return ["embeddings", "completions"] if has_mlm_head(self.lm) else ["embeddings"]
-        has_template = self.lm.tokenizer.chat_template is not None
-        return ["chat", "completions"] if has_template else ["completions"]
+            self.endpoints = ["embeddings", "completions"] if has_mlm_head(self.lm) \
+                else ["embeddings"]
+        else:
+            self.endpoints = ["chat", "completions"] if can_chat(self.lm.tokenizer) \
+                else ["completions"]
 
     @property
     def kind(self) -> str:

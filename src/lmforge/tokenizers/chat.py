@@ -146,6 +146,13 @@ def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: boo
     return tok.encode_spans([(plain, True)])
 
 
+def can_chat(tok: Tokenizer) -> bool:
+    """Whether the tokenizer can write a chat the model can read: a template of its own, or
+    ChatML (the default) when `<|im_start|>`/`<|im_end|>` are real special tokens of it.
+    Without either, a chat would be template text the model never saw (or cannot encode)."""
+    return tok.chat_template is not None or bool(end_of_turn_ids(tok))
+
+
 def end_of_turn_ids(tok: Tokenizer) -> list[int]:
     """The special token the template writes right after an assistant's content (ChatML's
     `<|im_end|>`, Llama 3's `<|eot_id|>`): generation stops there. Found by rendering a short
