@@ -143,6 +143,18 @@ def test_frozen_base_run_resumes_exactly(workdir):
               resume=True, progress=False)
 
 
+def test_init_from_a_hugging_face_conversion_names_the_same_base(workdir):
+    """The hash is over the weights as loaded, so the base's HF conversion has its hash."""
+    assert main(["convert", "--model", str(workdir / "base"), "--to", "hf",
+                 "--out", str(workdir / "base-hf")]) == 0
+    (workdir / "hf.toml").write_text(tune_toml("base-hf", ["norm.*"], out_dir="tune-hf",
+                                               max_steps=2, eval_every=2, warmup_steps=1))
+    run_dir = train(load_run_config(workdir / "hf.toml"), progress=False)
+    record = json.loads((run_dir / "best" / "base.json").read_text())
+    assert record["content_hash"] == content_hash(load_weights(workdir / "base")[1])
+    assert record["init_from"] == str(workdir / "base-hf")
+
+
 def test_bad_init_settings_say_what_to_change(workdir, tmp_path):
     tune = workdir / "tune.toml"
     with pytest.raises(LmforgeError, match="init_from = .*no-such-model.*not a built-in name"):
