@@ -35,7 +35,7 @@ class Block(nn.Module):
         self.ffn = make_ffn(config, layer)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVStore | None = None, keep: torch.Tensor | None = None,
+                cache: KVStore, keep: torch.Tensor | None = None,
                 memory: CrossMemory | None = None) -> torch.Tensor:
         """`keep` (B, K): return only these positions, skipping the feed-forward work for
         the others (the last block of a prefill, where only the last position is read);
