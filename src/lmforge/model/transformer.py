@@ -118,16 +118,10 @@ class Transformer(nn.Module):
         """Materialise `dtype_marker` after building on the meta device (`api.build_model`)."""
         self.dtype_marker = torch.empty(0, device=self.embed.weight.device)
 
-    def forward(self, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, cache: KVStore | None = None,
-                keep: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
-                memory: torch.Tensor | CrossMemory | None = None,
-                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T', vocab) in fp32: the LM head over `hidden` (same arguments)."""
-        x = self.hidden(ids, embeds=embeds, positions=positions, cache=cache, keep=keep,
-                        token_types=token_types, attention_mask=attention_mask, prefix=prefix,
-                        memory=memory, memory_mask=memory_mask)
+    def forward(self, ids: torch.Tensor | None = None, **inputs) -> torch.Tensor:
+        """Logits (B, T', vocab) in fp32: the LM head over `hidden(ids, **inputs)` (the
+        arguments are hidden's, declared there once)."""
+        x = self.hidden(ids, **inputs)
         if self.config.head_rescale:
             x = x * self.config.d_model ** -0.5
         return self.lm_head(x).float()
