@@ -96,6 +96,8 @@ def test_schedule_and_bad_configs(workdir):
         load_run_config(workdir / "run.toml", ["train.dtype='fp8'"])
     with pytest.raises(LmforgeError, match="device"):
         load_run_config(workdir / "run.toml", ["train.device='tpu'"])
+    with pytest.raises(LmforgeError, match="train.threads=-3 is invalid"):
+        load_run_config(workdir / "run.toml", ["train.threads=-3"])
     if not torch.cuda.is_available():
         with pytest.raises(LmforgeError, match="no CUDA GPU is visible"):
             train(load_run_config(workdir / "run.toml", ["train.device='cuda'"]),

@@ -76,6 +76,9 @@ class TrainSettings:
                 raise LmforgeError(f"train.{name} must be at least 1")
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise LmforgeError("train.warmup_steps must be between 0 and train.max_steps")
+        if self.threads < 0:
+            raise LmforgeError(f"train.threads={self.threads} is invalid: give the number of CPU "
+                               "threads (at least 1), or 0 for torch's default")
         if not isinstance(self.trainable, list) or not all(
                 isinstance(p, str) and p for p in self.trainable):
             raise LmforgeError(f"train.trainable={self.trainable!r}: a list of parameter name "
