@@ -124,6 +124,17 @@ def test_encoder_fills_masks_and_embeds(served, http):
     assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 32
 
 
+def test_encoder_decoder_fills_sentinels_as_lmforge_generate_does(runs, served, http,
+                                                                  capsys):
+    text = "ROMEO:\nNow <extra_id_0> the winter of <extra_id_1> discontent"
+    main(["generate", "--model", str(runs["t5"]), "--prompt", text, "--max-tokens", "20"])
+    out = capsys.readouterr().out
+    r = complete(http, served.ids["t5"], text, max_tokens=20)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] + "\n" == out
+    assert "<extra_id_" not in out
+
+
 def test_prefix_decoder_reuses_no_prefix_and_repeats_itself(served, http):
     name = served.ids["prefix"]
     first = complete(http, name, PROMPT).json()["choices"][0]["text"]

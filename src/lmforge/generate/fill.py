@@ -84,15 +84,23 @@ def fill_spans(model: Transformer, tokenizer: Tokenizer, text: str, max_tokens: 
                            f"corruption; this model is a {model.config.family}")
     pieces = SENTINEL.split(text)
     texts, numbers = pieces[0::2], [int(k) for k in pieces[1::2]]
+    sp = specials_for(tokenizer)
+    dec = greedy_target(model, span_input(tokenizer, text), sp.sep, max_tokens)
+    spans = _split_spans(dec, [sp.sentinels[k] for k in numbers], tokenizer)
+    filled = "".join(t + (spans[i] if i < len(spans) else "") for i, t in enumerate(texts))
+    return filled, spans
+
+
+def span_input(tokenizer: Tokenizer, text: str) -> list[int]:
+    """The source ids an encoder-decoder reads to fill `text`: each `<extra_id_k>` its
+    sentinel's id, the text between them encoded as text."""
+    pieces = SENTINEL.split(text)
+    texts, numbers = pieces[0::2], [int(k) for k in pieces[1::2]]
     if not numbers or max(numbers) >= N_SENTINELS:
         raise LmforgeError(f"write the blanks as <extra_id_0>, <extra_id_1> … (fewer than "
                            f"{N_SENTINELS}); the text has {len(numbers)}")
     sp = specials_for(tokenizer)
-    src = _encode_with(tokenizer, texts, [sp.sentinels[k] for k in numbers])
-    dec = greedy_target(model, src, sp.sep, max_tokens)
-    spans = _split_spans(dec, [sp.sentinels[k] for k in numbers], tokenizer)
-    filled = "".join(t + (spans[i] if i < len(spans) else "") for i, t in enumerate(texts))
-    return filled, spans
+    return _encode_with(tokenizer, texts, [sp.sentinels[k] for k in numbers])
 
 
 def greedy_target(model: Transformer, source: list[int], stop_id: int, max_tokens: int

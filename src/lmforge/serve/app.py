@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 
 from lmforge.errors import LmforgeError, excerpt
 from lmforge.generate.fill import has_mlm_head
-from lmforge.serve.fill import fill_completion
+from lmforge.serve.fill import fill_completion, wants_fill
 from lmforge.serve.generation import generate
 from lmforge.serve.logprobs import TokenText
 from lmforge.serve.metrics import Metrics
@@ -237,7 +237,7 @@ def build_app(state: ServerState) -> FastAPI:
         body = await read_json(request, state)
         served = state.get(model_name(body), "completions")
         req = parse_completion(body)
-        if served.scheduler is None:
+        if wants_fill(served, req):
             return await fill_completion(served, req)
         prompts = await asyncio.to_thread(encode_prompts, served, req.prompts)
         return await generate(request, served, req, prompts, state.metrics)
