@@ -197,6 +197,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from lmforge.eval.models import evaluate_model, format_record, format_table
     from lmforge.io import read_text
 
+    if args.tasks:
+        return cmd_eval_tasks(args)
+    if not args.input or not args.model:
+        raise LmforgeError("lmforge eval needs --model and --input FILE (perplexity) or "
+                           "--tasks LIST (`--tasks list` shows the tasks)")
     text = read_text(args.input, "--input")
     if args.chars:
         text = text[: args.chars]
@@ -210,6 +215,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(format_record(records[0]))
     else:
         print(format_table(records))
+
+
+def cmd_eval_tasks(args: argparse.Namespace) -> None:
+    from lmforge.api import load
+    from lmforge.eval.tasks import describe_tasks, evaluate_tasks, markdown_table, write_report
+
+    names = [n.strip() for t in args.tasks for n in t.split(",") if n.strip()]
+    if names == ["list"]:
+        print(describe_tasks(args.data_root))
+        return
+    if not args.model or len(args.model) != 1:
+        raise LmforgeError("--tasks evaluates one --model at a time")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load(args.model[0], args.dtype)
+    report, records = evaluate_tasks(lm, names, args.limit, args.seed, args.shots,
+                                     data_root=args.data_root)
+    if args.out:
+        lines = write_report(args.out, report, records)
+        print(f"wrote {args.out} and {lines}")
+    print(markdown_table(report))
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -281,24 +307,35 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_chat)
 
     e = sub.add_parser(
-        "eval", help="cross-entropy, perplexity and bits per byte of models on a text",
+        "eval", help="perplexity and bits per byte on a text (--input), or tasks (--tasks)",
         description="Neural models score the text in non-overlapping windows of --ctx tokens "
                     "(the first token of each window has no context and is not scored). "
                     "N-gram ARPA models score each line as a sentence; their perplexity "
                     "leaves out-of-vocabulary words out (SRILM). Bits per byte and per "
                     "character divide the total NLL (in bits) by the UTF-8 bytes or "
                     "characters of the whole text, so models with different tokenizers "
-                    "compare. Several --model values print a table.")
-    e.add_argument("--model", required=True, nargs="+",
+                    "compare. Several --model values print a table. --tasks runs "
+                    "multiple-choice tasks instead (docs/eval_tasks.md).")
+    e.add_argument("--model", nargs="+",
                    help=BUILTIN_HELP + ", or an n-gram .arpa(.gz) file; several compare")
     e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="weights and activations dtype of neural models (default fp32)")
     e.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads (default: torch's)")
-    e.add_argument("--input", required=True, help="a UTF-8 text file")
+    e.add_argument("--input", default=None, help="a UTF-8 text file (perplexity)")
     e.add_argument("--ctx", type=int, default=1024, help="window length in tokens")
     e.add_argument("--chars", type=int, default=None, help="score only the first N characters")
     e.add_argument("--json", action="store_true", help="print one JSON record per model")
+    e.add_argument("--tasks", action="append", default=None, metavar="LIST",
+                   help="tasks to run instead of --input, comma-separated or repeated; "
+                        "`--tasks list` describes them (docs/eval_tasks.md)")
+    e.add_argument("--limit", type=int, default=None, help="first N examples of each task")
+    e.add_argument("--shots", type=int, default=0, help="few-shot examples (tasks; 0 only "
+                                                        "for multiple choice so far)")
+    e.add_argument("--seed", type=int, default=1234, help="seed of the bootstrap (tasks)")
+    e.add_argument("--out", default=None, help="report JSON (tasks); examples in .jsonl beside")
+    e.add_argument("--data-root", default=None,
+                   help="the tasks' data directory (default ../shared/data of the repository)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("prepare", help="tokenise text into memory-mapped training shards")

@@ -96,3 +96,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 except json.JSONDecodeError as e:
                     raise LmforgeError(f"{path}:{n} is not valid JSON ({e.msg})") from None
     return out
+
+
+def describe_tasks(data_root: str | Path | None = None) -> str:
+    """One line per registered task: name, data file (and whether it is there), metrics,
+    default shots, description."""
+    root = Path(DATA_ROOT if data_root is None else data_root)
+    lines = [f"tasks (data directory {root.resolve()}):"]
+    for t in sorted(TASKS.values(), key=lambda t: t.name):
+        found = "" if (root / t.data_file).is_file() else "  [missing]"
+        lines.append(f"  {t.name:<14} {t.data_file}{found}  metrics: {', '.join(t.metrics)}  "
+                     f"shots: {t.default_shots}  {t.description}")
+    return "\n".join(lines)
