@@ -2,8 +2,14 @@
 bootstrap standard errors (`docs/eval_tasks.md`)."""
 
 from lmforge.eval.tasks import multiple_choice  # noqa: F401  (registers its tasks)
-from lmforge.eval.tasks.base import (DATA_ROOT, TASKS, ExampleRecord, Task, describe_tasks,
-                                     get_task)
+from lmforge.eval.tasks.base import (
+    DATA_ROOT,
+    TASKS,
+    ExampleRecord,
+    Task,
+    describe_tasks,
+    get_task,
+)
 from lmforge.eval.tasks.report import markdown_table, write_report
 from lmforge.eval.tasks.runner import evaluate_tasks
 
