@@ -212,3 +212,15 @@ def test_chnsenticorp_classifies_with_the_chinese_template():
     lm = tiny_lm("".join(t.context(e) for e in test) + "".join(t.labels), seed=4)
     report = classify.classify(lm, test, t)
     assert report.n == 3 and all(len(r.logprobs) == 2 for r in report.records)
+
+
+def test_sst2_on_smollm2_matches_loglikelihood(smollm2):
+    dev = classify.load_sst2("dev", SST2)[:4]
+    report = classify.classify(smollm2, dev, classify.SST2)
+    tok = smollm2.tokenizer
+    for ex, rec in zip(dev, report.records, strict=True):
+        ctx = tok.encode(classify.SST2.context(ex), add_bos=False)
+        conts = [tok.encode(w, add_bos=False) for w in (" negative", " positive")]
+        lls = [r.logprob for r in loglikelihood(smollm2.model, ctx, conts)]
+        assert rec.logprobs == pytest.approx(tuple(lls), abs=1e-4)
+        assert rec.predicted == int(torch.tensor(lls).argmax())
