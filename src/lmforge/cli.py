@@ -220,6 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_eval_tasks(args: argparse.Namespace) -> None:
     from lmforge.api import load
     from lmforge.eval.tasks import describe_tasks, evaluate_tasks, markdown_table, write_report
+    from lmforge.eval.tasks.runner import resolve_tasks
 
     names = [n.strip() for t in args.tasks for n in t.split(",") if n.strip()]
     if names == ["list"]:
@@ -227,6 +228,7 @@ def cmd_eval_tasks(args: argparse.Namespace) -> None:
         return
     if not args.model or len(args.model) != 1:
         raise LmforgeError("--tasks evaluates one --model at a time")
+    resolve_tasks(names, args.shots, args.data_root)  # fail before the model loads
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load(args.model[0], args.dtype)

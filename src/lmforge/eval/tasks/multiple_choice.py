@@ -140,13 +140,18 @@ def choice_loglikelihoods(lm: Any, ex: Example) -> list[float]:
     return [r.logprob for r in loglikelihood(lm.model, ctx, [x for _, x in pairs])]
 
 
+def choose(lls: list[float], choices: list[str], gold: int) -> tuple[dict[str, float], int, int]:
+    """({"acc", "acc_norm"}, argmax LL_i, argmax LL_i / bytes_i) of one example."""
+    n_bytes = np.array([len(c.encode("utf-8")) for c in choices], dtype=np.float64)
+    pred = int(np.argmax(lls))
+    pred_norm = int(np.argmax(np.asarray(lls) / np.maximum(n_bytes, 1)))
+    return {"acc": float(pred == gold), "acc_norm": float(pred_norm == gold)}, pred, pred_norm
+
+
 def score_example(lm: Any, task: str, ex: Example) -> ExampleRecord:
     lls = choice_loglikelihoods(lm, ex)
-    n_bytes = np.array([len(c.encode("utf-8")) for c in ex.choices], dtype=np.float64)
-    pred = int(np.argmax(lls))
-    pred_norm = int(np.argmax(np.array(lls) / np.maximum(n_bytes, 1)))
-    return ExampleRecord(task, ex.index,
-                         {"acc": float(pred == ex.gold), "acc_norm": float(pred_norm == ex.gold)},
+    metrics, pred, pred_norm = choose(lls, ex.choices, ex.gold)
+    return ExampleRecord(task, ex.index, metrics,
                          {"gold": ex.gold, "pred": pred, "pred_norm": pred_norm,
                           "loglikelihoods": lls, "context": ex.context})
 
