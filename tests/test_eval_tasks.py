@@ -166,15 +166,21 @@ def test_loglikelihoods_equal_transformers(smollm2, hf_smollm2):
 
     hf_tok = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
     task = get_task("hellaswag")
+    ours, rows, starts = [], [], []
     for ex in task.load(task.path())[:3]:
-        ours = choice_loglikelihoods(smollm2, ex)
-        for choice, ll in zip(ex.choices, ours, strict=True):
-            ctx, cont = encode_pair(smollm2.tokenizer, ex.context, " " + choice)
+        ours += choice_loglikelihoods(smollm2, ex)
+        ctx = hf_tok(ex.context, add_special_tokens=False)["input_ids"]
+        for choice in ex.choices:
             whole = hf_tok(ex.context + " " + choice, add_special_tokens=False)["input_ids"]
-            assert ctx == hf_tok(ex.context, add_special_tokens=False)["input_ids"]
-            assert ctx + cont == whole
-            ids = torch.tensor([whole])
-            with torch.no_grad():
-                logp = hf_smollm2(ids).logits[0].double().log_softmax(-1)  # (T, V)
-            ref = sum(logp[t - 1, whole[t]].item() for t in range(len(ctx), len(whole)))
-            assert ll == pytest.approx(ref, abs=1e-4)
+            assert encode_pair(smollm2.tokenizer, ex.context, " " + choice) == \
+                (ctx, whole[len(ctx):])
+            rows.append(whole)
+            starts.append(len(ctx))
+    # one right-padded batch: a causal row never reads the padding after it
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    with torch.no_grad():
+        logp = hf_smollm2(ids).logits.double().log_softmax(-1)  # (12, width, V)
+    for b, (row, start) in enumerate(zip(rows, starts, strict=True)):
+        ref = sum(logp[b, t - 1, row[t]].item() for t in range(start, len(row)))
+        assert ours[b] == pytest.approx(ref, abs=1e-4)
