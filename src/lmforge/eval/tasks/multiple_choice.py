@@ -122,7 +122,9 @@ def arc_examples(path: Path) -> list[Example]:
 def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) as the harness's `_encode_pair`: a trailing space
     of the context moves to the continuation; the continuation's ids are the ids of
-    context + continuation after the context's own ids."""
+    context + continuation after the context's own ids (as the harness, even where a token
+    would straddle the boundary, so that whole[:len(ctx)] != ctx: none on these four sets
+    with SmolLM2's tokenizer)."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
@@ -134,9 +136,7 @@ def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[i
 def choice_loglikelihoods(lm: Any, ex: Example) -> list[float]:
     """LL_i = Σ log p(" " + choice_i | context) of each choice, the context's cache shared."""
     pairs = [encode_pair(lm.tokenizer, ex.context, " " + c) for c in ex.choices]
-    ctx = pairs[0][0]
-    if any(p[0] != ctx for p in pairs):  # a merge across the boundary: score each alone
-        return [loglikelihood(lm.model, c, [x])[0].logprob for c, x in pairs]
+    ctx = pairs[0][0]  # the context's own ids: the same for every choice
     return [r.logprob for r in loglikelihood(lm.model, ctx, [x for _, x in pairs])]
 
 
