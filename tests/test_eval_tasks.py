@@ -184,3 +184,23 @@ def test_loglikelihoods_equal_transformers(smollm2, hf_smollm2):
     for b, (row, start) in enumerate(zip(rows, starts, strict=True)):
         ref = sum(logp[b, t - 1, row[t]].item() for t in range(start, len(row)))
         assert ours[b] == pytest.approx(ref, abs=1e-4)
+
+
+def test_lambada_splits_the_last_word_and_scores_it(smollm2):
+    """lambada_openai's doc_to_text / doc_to_target (split on single spaces); acc is the
+    greedy check and nll the target's negative log-likelihood from `score.loglikelihood`."""
+    from lmforge.eval.tasks.lambada import lambada_passages
+    from lmforge.eval.tasks.multiple_choice import encode_pair
+    from lmforge.eval.tasks.runner import evaluate_tasks
+    from lmforge.score import loglikelihood
+
+    path = SHARED_DATA / "lambada" / "lambada_test.jsonl"
+    first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])["text"]
+    p = lambada_passages(path)[0]
+    assert p.context + p.target == first and " " not in p.target[1:]
+    report, records = evaluate_tasks(smollm2, ["lambada_openai"], limit=3, progress=False)
+    assert report["tasks"]["lambada_openai"]["n"] == 3
+    ctx, target = encode_pair(smollm2.tokenizer, p.context, p.target)
+    (ref,) = loglikelihood(smollm2.model, ctx, [target])
+    assert records[0].metrics == {"acc": float(ref.is_greedy), "nll": -ref.logprob}
+    assert all(r.metrics["nll"] > 0 for r in records)

@@ -1,7 +1,7 @@
 """Task evaluation: multiple choice by log-likelihood (HellaSwag, PIQA, ARC), a report with
 bootstrap standard errors (`docs/eval_tasks.md`)."""
 
-from lmforge.eval.tasks import multiple_choice  # noqa: F401  (registers its tasks)
+from lmforge.eval.tasks import lambada, multiple_choice  # noqa: F401  (register their tasks)
 from lmforge.eval.tasks.base import (
     DATA_ROOT,
     TASKS,
