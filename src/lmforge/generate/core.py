@@ -122,7 +122,7 @@ class Batch:
     def __init__(self, model: Transformer, cache: KVCache) -> None:
         self.model = model.eval()
         self.cache = cache
-        self.rows: list[Row] = []
+        self.rows: dict[int, Row] = {}  # slot → its running row
 
     def prefill(self, slot: int, prompt: list[int], reused: int = 0,
                 all_logits: bool = False, prefix: PrefixKV | None = None) -> torch.Tensor:
@@ -141,27 +141,30 @@ class Batch:
     def join(self, slot: int, decoder: RowDecoder, logits: torch.Tensor) -> Step:
         """A prefilled slot starts decoding: its first token from the prefill's last logits
         (V,); it joins the batch unless that token ended it."""
-        return self._advance(Row(slot, decoder), logits, None)
+        row = Row(slot, decoder)
+        step = self._advance(row, logits, None)
+        if step.finish_reason is None:
+            self.rows[slot] = row
+        return step
 
     def step(self) -> list[tuple[Row, Step]]:
         """One decode step over every row; rows that end leave the batch (their slots stay
         allocated: the caller frees or keeps them)."""
-        self.rows.sort(key=lambda r: r.slot)  # ascending slots: often a contiguous block
-        rows = list(self.rows)
+        rows = [self.rows[s] for s in sorted(self.rows)]  # ascending: often one block
         logits = decode_step(self.model, self.cache, [r.slot for r in rows],
                              [r.decoder.last for r in rows])
         greedy = logits.argmax(dim=-1).tolist()
-        return [(r, self._advance(r, logits[i], greedy[i])) for i, r in enumerate(rows)]
+        out = [(r, self._advance(r, logits[i], greedy[i])) for i, r in enumerate(rows)]
+        for r, step in out:
+            if step.finish_reason is not None:
+                del self.rows[r.slot]
+        return out
 
-    def remove(self, row: Row) -> None:
-        self.rows.remove(row)
+    def remove(self, slot: int) -> None:
+        """Take a slot's row out of the batch (cancelled or failed), if it is running."""
+        self.rows.pop(slot, None)
 
     def _advance(self, row: Row, logits: torch.Tensor, argmax: int | None) -> Step:
         token = row.decoder.choose(logits, argmax)
         room = self.cache.lengths[row.slot] < self.cache.max_len
-        step = row.decoder.accept(token, room, logits)
-        if step.finish_reason is None and row not in self.rows:
-            self.rows.append(row)
-        elif step.finish_reason is not None and row in self.rows:
-            self.rows.remove(row)
-        return step
+        return row.decoder.accept(token, room, logits)

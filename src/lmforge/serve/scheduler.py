@@ -224,9 +224,7 @@ class Scheduler:
             self._finish(seq, step.finish_reason)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
-        row = next((r for r in self.batch.rows if r.slot == seq.slot), None)
-        if row is not None:
-            self.batch.remove(row)
+        self.batch.remove(seq.slot)
         del self._active[seq.slot]
         self.pool.release(seq.slot)
         self.metrics.inc("lmforge_sequences_finished_total", model=self.name, reason=reason)
@@ -242,9 +240,7 @@ class Scheduler:
     def _fail(self, seqs: list[Sequence], exc: Exception) -> None:
         for seq in seqs:
             if seq.slot >= 0 and self._active.get(seq.slot) is seq:
-                rows = [r for r in self.batch.rows if r.slot == seq.slot]
-                for row in rows:
-                    self.batch.remove(row)
+                self.batch.remove(seq.slot)
                 del self._active[seq.slot]
                 self.pool.drop(seq.slot)  # its cache rows may be half written: forget them
             seq.emit(Event(seq.index, "", [], "error", error=f"{type(exc).__name__}: {exc}"))
