@@ -114,8 +114,8 @@ def train_step(tr: Trainer) -> dict | None:
     t0 = time.perf_counter()
     t, precision, optimizer = tr.t, tr.precision, tr.optimizer
     lr = lr_at(tr.step, t)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for group in optimizer.param_groups:  # lr_scale: layer-wise decay (adapt/finetune.py)
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     total = accumulate(tr)
     tr.step += 1
     if not math.isfinite(total):
@@ -192,21 +192,27 @@ def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
     world = distributed.setup(pick_device(run.train.device))
     try:
         tr = setup(run, resume, world)
-        t = tr.t
-        last = min(t.max_steps, stop_after or t.max_steps)
-        with tqdm(total=t.max_steps, initial=tr.step, unit="step",
-                  desc=f"train {tr.objective.name} ({t.dtype})",
-                  disable=not (progress and world.main)) as bar:
-            while tr.step < last:
-                done = train_step(tr)
-                if done is None:
-                    continue
-                bar.update(1)
-                bar.set_postfix(loss=f"{done['loss']:.4f}", tok_s=f"{done['tokens_per_s']:,.0f}")
-                if tr.step % t.eval_every == 0 or tr.step == t.max_steps or tr.step == last:
-                    row = evaluate_and_save(tr)
-                    if row is not None:
-                        bar.write(f"step {tr.step}: val loss {row['val_loss']:.4f}")
+        run_steps(tr, stop_after, progress)
         return tr.run_dir
     finally:
         distributed.teardown(world)
+
+
+def run_steps(tr: Trainer, stop_after: int | None = None, progress: bool = True) -> None:
+    """Step a set-up run to train.max_steps (or `stop_after`), evaluating and saving every
+    eval_every steps; any `Trainer` (`setup`'s, or fine-tuning's: adapt/finetune.py)."""
+    t = tr.t
+    last = min(t.max_steps, stop_after or t.max_steps)
+    with tqdm(total=t.max_steps, initial=tr.step, unit="step",
+              desc=f"train {tr.objective.name} ({t.dtype})",
+              disable=not (progress and tr.world.main)) as bar:
+        while tr.step < last:
+            done = train_step(tr)
+            if done is None:
+                continue
+            bar.update(1)
+            bar.set_postfix(loss=f"{done['loss']:.4f}", tok_s=f"{done['tokens_per_s']:,.0f}")
+            if tr.step % t.eval_every == 0 or tr.step == t.max_steps or tr.step == last:
+                row = evaluate_and_save(tr)
+                if row is not None:
+                    bar.write(f"step {tr.step}: val loss {row['val_loss']:.4f}")
