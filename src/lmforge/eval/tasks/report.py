@@ -8,7 +8,11 @@ sqrt(p(1 − p)/n), the binomial standard error.
 
 Files: `report.json` (settings and per-task metrics) and, beside it, `report.jsonl`
 (one line per example: task, index, metrics, prediction and log-likelihoods), so two
-runs can be compared example by example. Both are written atomically.
+runs can be compared example by example (`compare.py`). Both are written atomically.
+
+The settings name the weights by content (`model_settings`): the sha256 content hash of
+`interop.fingerprint` over the model's state dict with floating tensors as float32, so an
+fp32 run's hash equals the one `train.init_from` and adapters record for the same base.
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.eval.tasks.base import ExampleRecord
+from lmforge.interop.fingerprint import content_hash
+from lmforge.interop.tensors import load_safetensors
 from lmforge.io import atomic_write_text
 
 RESAMPLES = 1000
 CHUNK = 100  # resamples drawn at once: bounds the (CHUNK, n) index array
+NOT_PERCENT = frozenset({"nll"})  # metrics in their own unit (nats), not shares
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def bootstrap_stderr(values: Sequence[float], seed: int, resamples: int = RESAMPLES
@@ -41,15 +50,54 @@ def bootstrap_stderr(values: Sequence[float], seed: int, resamples: int = RESAMP
     return float(means.std(ddof=1))
 
 
-def summarize(records: Sequence[ExampleRecord], metrics: Sequence[str], seed: int
-              ) -> dict[str, Any]:
-    """{"n": n, metric: {"value": mean, "stderr": bootstrap stderr}} of one task's records."""
+def summarize(records: Sequence[ExampleRecord], metrics: Sequence[str], seed: int,
+              seconds: float | None = None) -> dict[str, Any]:
+    """{"n": n, metric: {"value": mean, "stderr": bootstrap stderr}} of one task's records;
+    with the task's wall time `seconds`, also "seconds" and "examples_per_s" (n / seconds)."""
     out: dict[str, Any] = {"n": len(records)}
+    if seconds is not None:
+        out["seconds"] = seconds
+        out["examples_per_s"] = len(records) / seconds if seconds > 0 else None
     for m in metrics:
         values = [r.metrics[m] for r in records]
         out[m] = {"value": float(np.mean(values)) if values else None,
                   "stderr": bootstrap_stderr(values, seed)}
     return out
+
+
+def task_metrics(summary: dict[str, Any]) -> list[str]:
+    """The metric names of one task's summary (its entries with a value and a stderr)."""
+    return [k for k, v in summary.items() if isinstance(v, dict)]
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """Content hash of `model`'s weights, floating tensors as float32 (the form
+    `interop.load.load_weights` returns and `fingerprint` expects). A bf16 model hashes its
+    bf16-rounded values, so it differs from the fp32 hash of the same file, as its outputs do."""
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
+    return content_hash(state)
+
+
+def adapter_settings(adapter: str | Path) -> dict[str, str]:
+    """{"path", "hash"} of an adapter directory: the content hash of its tensors as stored."""
+    d = Path(adapter)
+    weights = d / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise LmforgeError(f"adapter {d} has no {ADAPTER_WEIGHTS}: give the directory an "
+                           "adaptation run wrote (adapter_config.json + adapter_model.safetensors)")
+    return {"path": str(d.resolve()), "hash": content_hash(load_safetensors([weights], None))}
+
+
+def model_settings(lm: Any, adapter: str | Path | None = None) -> dict[str, Any]:
+    """What a report records about the model run: name, source, dtype, the weights' content
+    hash, the adapter ({"path", "hash"} or None), torch's version and thread count.
+    `lm`: a loaded model (`lmforge.load`), weights as evaluated (adapter applied or not)."""
+    return {"model": lm.name, "source": lm.source,
+            "dtype": str(lm.model.dtype).removeprefix("torch."),
+            "weights_hash": weights_hash(lm.model),
+            "adapter": None if adapter is None else adapter_settings(adapter),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def jsonl_path(path: str | Path) -> Path:
@@ -71,23 +119,39 @@ def write_report(path: str | Path, report: dict[str, Any],
     return lines
 
 
-def _cell(entry: dict[str, Any] | None) -> str:
+def format_number(metric: str, x: float) -> str:
+    """A share as percent with one decimal (0.409 → 40.9); `NOT_PERCENT` metrics as they are."""
+    return f"{x:.3f}" if metric in NOT_PERCENT else f"{100 * x:.1f}"
+
+
+def format_entry(metric: str, entry: dict[str, Any] | None) -> str:
+    """"value ± stderr" of one metric's summary entry; "–" when there is none."""
     if not entry or entry["value"] is None:
         return "–"
-    value = f"{100 * entry['value']:.1f}"
-    return value if entry["stderr"] is None else f"{value} ± {100 * entry['stderr']:.1f}"
+    value = format_number(metric, entry["value"])
+    return value if entry["stderr"] is None else \
+        f"{value} ± {format_number(metric, entry['stderr'])}"
+
+
+def describe_settings(s: dict[str, Any]) -> str:
+    """One line: model (dtype, shots, limit, seed[, adapter])."""
+    adapter = f", adapter {s['adapter']['path']}" if s.get("adapter") else ""
+    return (f"{s.get('model')} ({s.get('dtype')}, {s.get('shots')}-shot, limit "
+            f"{s.get('limit')}, seed {s.get('seed')}{adapter})")
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """One row per task: n and each metric as percent ± bootstrap stderr."""
+    """One row per task: n, each metric as percent ± bootstrap stderr (`NOT_PERCENT` metrics
+    in their unit) and, when timed, examples/s."""
     tasks = report["tasks"]
-    metrics = list(dict.fromkeys(m for t in tasks.values() for m in t if m != "n"))
-    s = report["settings"]
-    lines = [f"{s['model']} ({s['dtype']}, {s['shots']}-shot, limit {s['limit']}, "
-             f"seed {s['seed']})", "",
-             "| task | n | " + " | ".join(metrics) + " |",
-             "|---|---:|" + "---:|" * len(metrics)]
+    metrics = list(dict.fromkeys(m for t in tasks.values() for m in task_metrics(t)))
+    timed = any(t.get("examples_per_s") is not None for t in tasks.values())
+    lines = [describe_settings(report["settings"]), "",
+             "| task | n | " + " | ".join(metrics) + (" | ex/s |" if timed else " |"),
+             "|---|---:|" + "---:|" * (len(metrics) + timed)]
     for name, t in tasks.items():
-        lines.append(f"| {name} | {t['n']} | " + " | ".join(_cell(t.get(m)) for m in metrics)
-                     + " |")
+        speed = t.get("examples_per_s")
+        lines.append(f"| {name} | {t['n']} | "
+                     + " | ".join(format_entry(m, t.get(m)) for m in metrics)
+                     + (f" | {'–' if speed is None else f'{speed:.1f}'} |" if timed else " |"))
     return "\n".join(lines)
