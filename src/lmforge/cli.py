@@ -197,6 +197,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from lmforge.eval.models import evaluate_model, format_record, format_table
     from lmforge.io import read_text
 
+    if args.compare:
+        from lmforge.eval.tasks.compare import compare_reports
+
+        print(compare_reports(args.compare))
+        return
     if args.tasks:
         return cmd_eval_tasks(args)
     if not args.input or not args.model:
@@ -336,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "for multiple choice so far)")
     e.add_argument("--seed", type=int, default=1234, help="seed of the bootstrap (tasks)")
     e.add_argument("--out", default=None, help="report JSON (tasks); examples in .jsonl beside")
+    e.add_argument("--compare", nargs="+", default=None, metavar="REPORT",
+                   help="print these report JSONs side by side with their differences to "
+                        "the first (no --model needed; docs/eval_tasks.md)")
     e.add_argument("--data-root", default=None,
                    help="the tasks' data directory (default ../shared/data of the repository)")
     e.set_defaults(func=cmd_eval)
