@@ -19,7 +19,7 @@ from test_families import FAMILIES, make
 
 from lmforge.errors import LmforgeError
 from lmforge.eval.perplexity import evaluate
-from lmforge.score import loglikelihood, token_logprobs
+from lmforge.score import loglikelihood, loglikelihood_requests, token_logprobs
 
 MASK_ID = 63  # the tiny encoder's [MASK]: any id of its vocabulary of 64
 TOL = 1e-4
@@ -135,6 +135,23 @@ def test_continuations_together_equal_alone(family):
         for other in (together[i], small_batches[i]):
             assert abs(other.logprob - alone.logprob) <= TOL
             assert other.is_greedy == alone.is_greedy
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_requests_together_equal_one_by_one(family):
+    """Several (context, continuations) requests of ragged lengths, one without
+    continuations: a decoder prefills the contexts in one padded pass and mixes their
+    continuations in the scoring passes; every result equals its own `loglikelihood`."""
+    model = make(family)
+    requests = [(rand_ids(n, 40 + n), [rand_ids(m, 50 + n + m) for m in conts])
+                for n, conts in ((9, (3, 1)), (2, (5,)), (5, ()), (6, (2, 4, 1)))]
+    together = loglikelihood_requests(model, requests, batch=3, mask_id=MASK_ID)
+    assert [len(r) for r in together] == [2, 1, 0, 3]
+    for (ctx, conts), results in zip(requests, together, strict=True):
+        for c, got in zip(conts, results, strict=True):
+            (alone,) = loglikelihood(model, ctx, [c], mask_id=MASK_ID)
+            assert abs(got.logprob - alone.logprob) <= TOL
+            assert got.is_greedy == alone.is_greedy
 
 
 def test_greedy_continuation_is_greedy():

@@ -207,6 +207,9 @@ def token_logprobs(model: Transformer, ids: Sequence[int] | torch.Tensor, *, top
     return scores
 
 
+Request = tuple[Sequence[int], Sequence[Sequence[int]]]  # (context, continuations)
+
+
 @torch.inference_mode()
 def loglikelihood(model: Transformer, context: Sequence[int],
                   continuations: Sequence[Sequence[int]], *, batch: int = 8,
@@ -222,31 +225,60 @@ def loglikelihood(model: Transformer, context: Sequence[int],
     Equal, up to rounding, to `token_logprobs(model, context + c, prefix=len(context))`
     (an encoder-decoder: `token_logprobs(model, c, source=context)`).
     """
-    if not continuations:
-        return []
-    for i, c in enumerate(continuations):
-        if len(c) == 0:
-            raise LmforgeError(f"continuation {i} is empty: give at least one token to score")
-    family = model.config.family
-    if family == "encoder":
-        return [_summed(token_logprobs(model, [*context, *c], prefix=len(context),
-                                       mask_id=mask_id)) for c in continuations]
-    if len(context) == 0:
-        raise LmforgeError("the context is empty: a decoder's first continuation token would "
-                           "have nothing to be predicted from (an encoder-decoder reads the "
-                           "context as its source); start it with a token such as BOS")
+    return loglikelihood_requests(model, [(context, continuations)], batch=batch,
+                                  mask_id=mask_id)[0]
+
+
+@torch.inference_mode()
+def loglikelihood_requests(model: Transformer, requests: Sequence[Request], *,
+                           batch: int = 8, mask_id: int | None = None
+                           ) -> list[list[Loglikelihood]]:
+    """`loglikelihood` of several (context, continuations) requests at once: the examples
+    of a task evaluated together.
+
+    A decoder prefills all the contexts in one right-padded pass, and the continuations of
+    every request share the scoring passes (each row starts from a copy of its own
+    context's slot), so small examples fill the matrix products; other families run the
+    requests one after another. Equal, up to rounding, to one `loglikelihood` per request.
+    """
     if batch < 1:
         raise LmforgeError(f"batch must be at least 1, got {batch}")
-    context = _as_ids(model, context, "context").tolist()
-    # an encoder-decoder's context is its source: each continuation has the window alone
-    separate = family == "encoder_decoder"
-    if separate:
-        _check_window(model, len(context), "context (the source)")
+    checked = [_check_request(model, i, ctx, conts) for i, (ctx, conts) in enumerate(requests)]
+    if model.config.family == "encoder":
+        return [[_summed(token_logprobs(model, [*ctx, *c], prefix=len(ctx), mask_id=mask_id))
+                 for c in conts] for ctx, conts in checked]
+    if model.config.family != "decoder":  # one prefill per request (a source, a prefix)
+        return [_cached_loglikelihood(model, [r], batch)[0] if r[1] else [] for r in checked]
+    if not any(conts for _, conts in checked):
+        return [[] for _ in checked]
+    return _cached_loglikelihood(model, [r for r in checked if r[1]], batch, checked)
+
+
+def _check_request(model: Transformer, n: int, context: Sequence[int],
+                   continuations: Sequence[Sequence[int]]
+                   ) -> tuple[list[int], list[list[int]]]:
+    """(context, continuations) as lists of ids, every length checked against the window."""
+    what = f"request {n}: " if n else ""
     for i, c in enumerate(continuations):
-        _as_ids(model, c, f"continuation {i}")
+        if len(c) == 0:
+            raise LmforgeError(f"{what}continuation {i} is empty: give at least one token "
+                               "to score")
+    if model.config.family == "encoder" or not continuations:
+        return list(context), [list(c) for c in continuations]
+    if len(context) == 0:
+        raise LmforgeError(f"{what}the context is empty: a decoder's first continuation token "
+                           "would have nothing to be predicted from (an encoder-decoder reads "
+                           "the context as its source); start it with a token such as BOS")
+    context = _as_ids(model, context, f"{what}context").tolist()
+    # an encoder-decoder's context is its source: each continuation has the window alone
+    separate = model.config.family == "encoder_decoder"
+    if separate:
+        _check_window(model, len(context), f"{what}context (the source)")
+    for i, c in enumerate(continuations):
+        _as_ids(model, c, f"{what}continuation {i}")
         _check_window(model, len(c) + (0 if separate else len(context)),
-                      f"{'' if separate else 'context + '}continuation {i}")
-    return _cached_loglikelihood(model, context, [list(c) for c in continuations], batch)
+                      f"{what}{'' if separate else 'context + '}continuation {i}")
+    return context, [list(c) for c in continuations]
 
 
 def _summed(scores: TokenScores) -> Loglikelihood:
@@ -255,26 +287,50 @@ def _summed(scores: TokenScores) -> Loglikelihood:
                          scores.logprobs[scored].tolist())
 
 
-def _cached_loglikelihood(model: Transformer, context: list[int],
-                          continuations: list[list[int]], batch: int) -> list[Loglikelihood]:
-    start, source = prompt_ids(model, context)  # an encoder-decoder: ([start id], context)
-    longest = max(map(len, continuations))
+def _prefill_contexts(model: Transformer, cache: KVCache, starts: list[list[int]],
+                      sources: list[list[int] | None]) -> tuple[list[int], torch.Tensor]:
+    """(slots, logits (R, V) of each context's last position): a decoder's contexts in one
+    right-padded pass; one `prefill` each otherwise (a prefix decoder reads its context
+    bidirectionally, an encoder-decoder first encodes its source)."""
+    slots = [cache.allocate() for _ in starts]
+    if len(starts) > 1 and model.config.family == "decoder":
+        width = max(map(len, starts))
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in starts], device=cache.k.device)
+        keep = torch.tensor([[len(s) - 1] for s in starts], device=cache.k.device)
+        step = cache.step(slots, n_new=[len(s) for s in starts], width=width)
+        return slots, model(ids, cache=step, keep=keep)[:, 0]
+    for slot, source in zip(slots, sources, strict=True):
+        if source:
+            encode_source(model, cache, slot, source)  # copied with the slot, like its keys
+    return slots, torch.stack([prefill(model, cache, slot, start).float()
+                               for slot, start in zip(slots, starts, strict=True)])
+
+
+def _cached_loglikelihood(model: Transformer, requests: list[tuple[list[int], list[list[int]]]],
+                          batch: int, layout: list | None = None) -> list[list[Loglikelihood]]:
+    """Score every continuation of `requests` from copies of its context's slot; the
+    results in the shape of `layout` (the requests with those without continuations)."""
+    prompts = [prompt_ids(model, ctx) for ctx, _ in requests]  # enc-dec: ([start id], ctx)
+    rows = [(r, c) for r, (_, conts) in enumerate(requests) for c in conts]
+    longest = max(len(c) for _, c in rows)
+    sources = [source for _, source in prompts]
     # the slots hold start + c[:-1]: the last token of c is scored, never read
-    cache = KVCache(model.config, 1 + min(batch, len(continuations)), len(start) + longest - 1,
+    cache = KVCache(model.config, len(requests) + min(batch, len(rows)),
+                    max(len(start) for start, _ in prompts) + longest - 1,
                     dtype=model.dtype, device=model.device,
-                    source_len=len(source) if source else None)
-    base = cache.allocate()
-    if source:
-        encode_source(model, cache, base, source)  # copied with the slot, like its keys
-    first = prefill(model, cache, base, start).float()  # predicts every c_0
+                    source_len=max(map(len, sources)) if sources[0] else None)
+    bases, first = _prefill_contexts(model, cache, [start for start, _ in prompts], sources)
+    first = first.float()  # each context's last logits predict its continuations' c_0
     slots = [cache.allocate() for _ in range(cache.n_free)]
-    results: list[Loglikelihood | None] = [None] * len(continuations)
-    for group in _groups(continuations, len(slots)):
-        rows = [continuations[i] for i in group]
-        for i, scored in zip(group, _score_rows(model, cache, base, slots, first, rows),
-                             strict=True):
-            results[i] = scored
-    return results
+    scored: list[Loglikelihood | None] = [None] * len(rows)
+    for group in _groups([c for _, c in rows], len(slots)):
+        picked = [rows[i] for i in group]
+        for i, result in zip(group, _score_rows(model, cache, [bases[r] for r, _ in picked],
+                                                slots, first[[r for r, _ in picked]],
+                                                [c for _, c in picked]), strict=True):
+            scored[i] = result
+    it = iter(scored)
+    return [[next(it) for _ in conts] for _, conts in (layout or requests)]
 
 
 def _groups(continuations: list[list[int]], batch: int) -> list[list[int]]:
@@ -292,13 +348,13 @@ def _groups(continuations: list[list[int]], batch: int) -> list[list[int]]:
     return groups
 
 
-def _score_rows(model: Transformer, cache: KVCache, base: int, slots: list[int],
+def _score_rows(model: Transformer, cache: KVCache, bases: list[int], slots: list[int],
                 first: torch.Tensor, rows: list[list[int]]) -> list[Loglikelihood]:
-    """Score continuations from copies of slot `base` (its keys, values and encoder output)
-    in one pass over c[:-1] of each row, right-padded to the longest (`KVCache.step` with
-    n_new per row)."""
+    """Score continuations, row b from a copy of slot bases[b] (its keys, values and encoder
+    output) whose last logits are first[b], in one pass over c[:-1] of each row,
+    right-padded to the longest (`KVCache.step` with n_new per row)."""
     slots = slots[: len(rows)]
-    for s in slots:
+    for base, s in zip(bases, slots, strict=True):
         cache.copy(base, s)
     width = max(map(len, rows)) - 1
     device = first.device
@@ -309,7 +365,7 @@ def _score_rows(model: Transformer, cache: KVCache, base: int, slots: list[int],
         logits = model(ids, cache=step, memory=cache.cross(slots))
     out = []
     for b, c in enumerate(rows):
-        z = torch.cat([first[None], logits[b, : len(c) - 1]]) if width else first[None]
+        z = torch.cat([first[b, None], logits[b, : len(c) - 1]]) if width else first[b, None]
         lp, greedy, _, _ = distribution_scores(z, torch.tensor(c, device=device))
         out.append(Loglikelihood(lp.double().sum().item(), bool(greedy.all()), lp.tolist()))
     return out

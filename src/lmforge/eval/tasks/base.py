@@ -10,6 +10,15 @@ Design choices:
   (`register`); the CLI's `--tasks list` and the runner read only the registry.
 - A task's data file is a path relative to the data root, so a missing file names both
   the file and the folder where it belongs.
+- A task scores a batch of examples at once (`score(lm, examples, shots)`), so tasks whose
+  scorer can share a forward pass between examples do; the runner feeds `Task.batch`
+  examples per call and moves the progress bar by as many.
+- Few-shot: `Shots` draws k demonstrations per example, seeded by (seed, example index) so a
+  run is reproducible and an example's shots do not depend on `--limit`. They come from the
+  task's `fewshot_file` (a training split) when it has one, otherwise from the evaluated set
+  itself with the example excluded (lm-evaluation-harness's rule when a task has no
+  few-shot split). Demonstrations are joined with FEWSHOT_DELIMITER ("\n\n", the harness's
+  default `fewshot_delimiter`).
 - `PROMPT_FORMAT` versions the prompt formats: a report records it, and two reports with
   different versions are not comparable example by example.
 """
@@ -17,7 +26,8 @@ Design choices:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +36,8 @@ from lmforge.errors import LmforgeError
 
 # the repository root's sibling `shared/data` (tests/conftest.py's SHARED_DATA)
 DATA_ROOT = Path(__file__).resolve().parents[4] / ".." / "shared" / "data"
-PROMPT_FORMAT = "lm-eval-harness/1"
+PROMPT_FORMAT = "lm-eval-harness/2"
+FEWSHOT_DELIMITER = "\n\n"
 
 
 @dataclass
@@ -43,10 +54,43 @@ class ExampleRecord:
         return {"task": self.task, "index": self.index, **self.metrics, **self.details}
 
 
+class Shots:
+    """k few-shot demonstrations per example, drawn without replacement from `pool`.
+
+    `pool` is the task's few-shot split, or the evaluated set itself (`same_split`), where
+    the example being evaluated is never its own demonstration (matched by `index`)."""
+
+    def __init__(self, k: int, pool: Sequence[Any] = (), seed: int = 1234,
+                 same_split: bool = False):
+        if k < 0:
+            raise LmforgeError(f"--shots must be 0 or more, got {k}")
+        if k and len(pool) < k + same_split:
+            raise LmforgeError(f"{k} shots need at least {k + same_split} examples to draw "
+                               f"from; the few-shot pool has {len(pool)}")
+        self.k, self.pool, self.seed, self.same_split = k, pool, seed, same_split
+
+    def __call__(self, index: int) -> list[Any]:
+        """The demonstrations of the example at `index` (the same in every run)."""
+        if not self.k:
+            return []
+        rng = random.Random(self.seed * 1_000_003 + index)
+        picked = rng.sample(range(len(self.pool)), self.k + self.same_split)
+        if self.same_split:
+            picked = [i for i in picked if self.pool[i].index != index][: self.k]
+        return [self.pool[i] for i in picked]
+
+
+def with_shots(demonstrations: Sequence[str], query: str) -> str:
+    """The prompt: each demonstration (its query and answer) then the query, joined by
+    FEWSHOT_DELIMITER."""
+    return FEWSHOT_DELIMITER.join([*demonstrations, query])
+
+
 @dataclass(frozen=True)
 class Task:
     """One evaluation task: `load(path)` reads its examples from the data file, and
-    `score(lm, example)` scores one with a loaded model (`lmforge.load`)."""
+    `score(lm, examples, shots)` scores a batch of them with a loaded model (`lmforge.load`),
+    one ExampleRecord each, in order."""
 
     name: str
     data_file: str  # relative to the data root
@@ -54,18 +98,32 @@ class Task:
     default_shots: int
     description: str
     load: Callable[[Path], list[Any]]
-    score: Callable[[Any, Any], ExampleRecord]
-    few_shot: bool = False  # whether shots > 0 are supported
+    score: Callable[[Any, list[Any], Shots], list[ExampleRecord]]
+    few_shot: bool = True  # whether shots > 0 are supported
+    fewshot_file: str | None = None  # a training split for demonstrations (same root)
+    batch: int = 8  # examples per `score` call
 
-    def path(self, data_root: str | Path | None = None) -> Path:
-        """The task's data file; a one-line LmforgeError naming it when it is missing."""
+    def path(self, data_root: str | Path | None = None, file: str | None = None) -> Path:
+        """The task's data file (or `file`); a one-line LmforgeError naming it when it is
+        missing."""
         root = Path(DATA_ROOT if data_root is None else data_root)
-        p = root / self.data_file
+        name = file or self.data_file
+        p = root / name
         if not p.is_file():
-            raise LmforgeError(f"task {self.name!r} needs its data file {self.data_file} under "
+            raise LmforgeError(f"task {self.name!r} needs its data file {name} under "
                                f"the data directory {root.resolve()} (missing: {p}); put it "
                                "there or pass another data root")
         return p
+
+    def shots(self, k: int, examples: list[Any], seed: int,
+              data_root: str | Path | None = None) -> Shots:
+        """The demonstrations' source for a run of `k` shots over `examples` (all of them,
+        before --limit, so shots do not depend on the limit)."""
+        if not k:
+            return Shots(0)
+        if self.fewshot_file:
+            return Shots(k, self.load(self.path(data_root, self.fewshot_file)), seed)
+        return Shots(k, examples, seed, same_split=True)
 
 
 TASKS: dict[str, Task] = {}

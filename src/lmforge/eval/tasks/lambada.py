@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.eval.tasks.base import ExampleRecord, Task, read_jsonl, register
+from lmforge.eval.tasks.base import ExampleRecord, Shots, Task, read_jsonl, register, with_shots
 from lmforge.eval.tasks.multiple_choice import encode_pair
-from lmforge.score import loglikelihood
+from lmforge.score import loglikelihood_requests
 
 
 @dataclass
@@ -38,14 +38,16 @@ def lambada_passages(path: Path) -> list[Passage]:
     return out
 
 
-def score_passage(lm: Any, p: Passage) -> ExampleRecord:
-    ctx, target = encode_pair(lm.tokenizer, p.context, p.target)
-    (ll,) = loglikelihood(lm.model, ctx, [target])
-    return ExampleRecord("lambada_openai", p.index,
-                         {"acc": float(ll.is_greedy), "nll": -ll.logprob},
-                         {"target": p.target, "target_tokens": len(target)})
+def score_passages(lm: Any, passages: list[Passage], shots: Shots) -> list[ExampleRecord]:
+    pairs = [encode_pair(lm.tokenizer, with_shots([d.context + d.target for d in shots(p.index)],
+                                                   p.context), p.target) for p in passages]
+    results = loglikelihood_requests(lm.model, [(ctx, [target]) for ctx, target in pairs])
+    return [ExampleRecord("lambada_openai", p.index,
+                          {"acc": float(ll.is_greedy), "nll": -ll.logprob},
+                          {"target": p.target, "target_tokens": len(target)})
+            for p, (_, target), (ll,) in zip(passages, pairs, results, strict=True)]
 
 
 register(Task("lambada_openai", "lambada/lambada_test.jsonl", ("acc", "nll"), 0,
               "LAMBADA, OpenAI's test version (5,153): last-word accuracy and nll "
-              "(perplexity = exp of the mean nll)", lambada_passages, score_passage))
+              "(perplexity = exp of the mean nll)", lambada_passages, score_passages))

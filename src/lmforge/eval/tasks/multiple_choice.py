@@ -22,6 +22,11 @@ Prompt formats, from the harness's task definitions (EleutherAI/lm-evaluation-ha
   labels.index(answerKey).
 The continuation is the harness's target delimiter " " + choice.
 
+Few-shot (`--shots K`): K solved examples (query + " " + gold choice) before the query,
+joined by blank lines, as the harness's default sampler; ARC draws them from its training
+split, HellaSwag and PIQA (no training split here) from the evaluated set without the
+example itself (base.py's `Shots`).
+
 Tokenisation follows the harness's `TemplateLM._encode_pair` (`lm_eval/api/model.py`):
 trailing spaces of the context move to the continuation, the whole string is encoded and
 the continuation's ids are what follows the context's own ids; no BOS is added (HFLM's
@@ -46,11 +51,13 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import LmforgeError
-from lmforge.eval.tasks.base import ExampleRecord, Task, read_jsonl, register
-from lmforge.score import loglikelihood
+from lmforge.eval.tasks.base import ExampleRecord, Shots, Task, read_jsonl, register, with_shots
+from lmforge.score import loglikelihood_requests
 from lmforge.tokenizers.base import Tokenizer
 
 METRICS = ("acc", "acc_norm")
+CHOICE_ROWS = 16  # continuations per scoring pass (their contexts' slots stay in the cache)
+NO_SHOTS = Shots(0)
 
 
 @dataclass
@@ -133,11 +140,28 @@ def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[i
     return ctx, whole[len(ctx):]
 
 
-def choice_loglikelihoods(lm: Any, ex: Example) -> list[float]:
-    """LL_i = Σ log p(" " + choice_i | context) of each choice, the context's cache shared."""
-    pairs = [encode_pair(lm.tokenizer, ex.context, " " + c) for c in ex.choices]
-    ctx = pairs[0][0]  # the context's own ids: the same for every choice
-    return [r.logprob for r in loglikelihood(lm.model, ctx, [x for _, x in pairs])]
+def demonstration(ex: Example) -> str:
+    """A solved example as a few-shot demonstration: the harness's doc_to_text +
+    target_delimiter + the gold choice."""
+    return f"{ex.context} {ex.choices[ex.gold]}"
+
+
+def prompt(ex: Example, shots: Shots) -> str:
+    """The context the choices continue: the demonstrations, then the example's own."""
+    return with_shots([demonstration(d) for d in shots(ex.index)], ex.context)
+
+
+def choice_loglikelihoods(lm: Any, examples: list[Example], shots: Shots = NO_SHOTS
+                          ) -> list[list[float]]:
+    """LL_i = Σ log p(" " + choice_i | context) of each choice of each example: every
+    context prefilled once (the examples together) and its cache shared by its choices."""
+    requests = []
+    for ex in examples:
+        context = prompt(ex, shots)
+        pairs = [encode_pair(lm.tokenizer, context, " " + c) for c in ex.choices]
+        requests.append((pairs[0][0], [x for _, x in pairs]))  # one context ids per example
+    return [[r.logprob for r in results] for results in
+            loglikelihood_requests(lm.model, requests, batch=CHOICE_ROWS)]
 
 
 def choose(lls: list[float], choices: list[str], gold: int) -> tuple[dict[str, float], int, int]:
@@ -148,23 +172,30 @@ def choose(lls: list[float], choices: list[str], gold: int) -> tuple[dict[str, f
     return {"acc": float(pred == gold), "acc_norm": float(pred_norm == gold)}, pred, pred_norm
 
 
-def score_example(lm: Any, task: str, ex: Example) -> ExampleRecord:
-    lls = choice_loglikelihoods(lm, ex)
-    metrics, pred, pred_norm = choose(lls, ex.choices, ex.gold)
-    return ExampleRecord(task, ex.index, metrics,
-                         {"gold": ex.gold, "pred": pred, "pred_norm": pred_norm,
-                          "loglikelihoods": lls, "context": ex.context})
+def score_examples(lm: Any, task: str, examples: list[Example], shots: Shots
+                   ) -> list[ExampleRecord]:
+    out = []
+    for ex, lls in zip(examples, choice_loglikelihoods(lm, examples, shots), strict=True):
+        metrics, pred, pred_norm = choose(lls, ex.choices, ex.gold)
+        out.append(ExampleRecord(task, ex.index, metrics,
+                                 {"gold": ex.gold, "pred": pred, "pred_norm": pred_norm,
+                                  "loglikelihoods": lls, "context": ex.context,
+                                  "shots": [d.index for d in shots(ex.index)]}))
+    return out
 
 
-def _task(name: str, data_file: str, load: Any, description: str) -> Task:
+def _task(name: str, data_file: str, load: Any, description: str,
+          fewshot_file: str | None = None) -> Task:
     return register(Task(name, data_file, METRICS, 0, description, load,
-                         lambda lm, ex: score_example(lm, name, ex)))
+                         lambda lm, examples, shots: score_examples(lm, name, examples, shots),
+                         fewshot_file=fewshot_file))
 
 
 _task("hellaswag", "hellaswag/hellaswag_val.jsonl", hellaswag_examples,
       "HellaSwag validation (10,042), 4 endings")
 _task("piqa", "piqa/valid.jsonl", piqa_examples,
       "PIQA validation (1,838) with valid-labels.lst, 2 solutions")
-_task("arc_easy", "arc/ARC-Easy-Test.jsonl", arc_examples, "ARC-Easy test (2,376)")
+_task("arc_easy", "arc/ARC-Easy-Test.jsonl", arc_examples, "ARC-Easy test (2,376)",
+      "arc/ARC-Easy-Train.jsonl")
 _task("arc_challenge", "arc/ARC-Challenge-Test.jsonl", arc_examples,
-      "ARC-Challenge test (1,172)")
+      "ARC-Challenge test (1,172)", "arc/ARC-Challenge-Train.jsonl")

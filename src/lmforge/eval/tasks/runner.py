@@ -21,8 +21,28 @@ def resolve_tasks(task_names: list[str], shots: int = 0, data_root: str | Path |
     tasks = [get_task(n) for n in dict.fromkeys(task_names)]
     for t in tasks:
         if shots and not t.few_shot:
-            raise LmforgeError(f"task {t.name!r} runs zero-shot only for now: use --shots 0")
+            raise LmforgeError(f"task {t.name!r} runs zero-shot only: use --shots 0 (or run "
+                               "it in a separate command)")
+        if shots and t.fewshot_file:
+            t.path(data_root, t.fewshot_file)
     return [(t, t.path(data_root)) for t in tasks]
+
+
+def run_task(lm: Any, task: Task, path: Path, limit: int | None, shots: int, seed: int,
+             progress: bool = True, data_root: str | Path | None = None
+             ) -> list[ExampleRecord]:
+    """One record per example of `task` (the first `limit`), `task.batch` examples per
+    scoring call, under a progress bar with examples/s and ETA."""
+    examples = task.load(path)
+    demos = task.shots(shots, examples, seed, data_root)
+    examples = examples[:limit]
+    done: list[ExampleRecord] = []
+    with tqdm(total=len(examples), desc=task.name, unit=" ex", disable=not progress) as bar:
+        for i in range(0, len(examples), task.batch):
+            batch = examples[i: i + task.batch]
+            done += task.score(lm, batch, demos)
+            bar.update(len(batch))
+    return done
 
 
 def evaluate_tasks(lm: Any, task_names: list[str], limit: int | None = None, seed: int = 1234,
@@ -36,9 +56,7 @@ def evaluate_tasks(lm: Any, task_names: list[str], limit: int | None = None, see
     results: dict[str, Any] = {}
     records: list[ExampleRecord] = []
     for task, path in resolve_tasks(task_names, shots, data_root):
-        examples = task.load(path)[:limit]
-        done = [task.score(lm, ex) for ex in tqdm(examples, desc=task.name, unit=" ex",
-                                                  disable=not progress)]
+        done = run_task(lm, task, path, limit, shots, seed, progress, data_root)
         results[task.name] = summarize(done, task.metrics, seed)
         records += done
     settings = {"model": lm.name, "source": lm.source, "dtype": str(lm.model.dtype)
