@@ -113,24 +113,23 @@ def _table(reports: list[dict[str, Any]]) -> list[str]:
 def _notes(paths: list[Path], reports: list[dict[str, Any]]) -> list[str]:
     notes = []
     first = reports[0]
-    first_lines = jsonl_path(paths[0])
-    for k, (path, r) in enumerate(zip(paths[1:], reports[1:], strict=True), 2):
+    lines = [jsonl_path(p) for p in paths]
+    outcomes = [read_outcomes(p) if p.is_file() else None for p in lines]
+    for k, r in enumerate(reports[1:], 2):
         for key in COMPARABLE:
             a, b = first["settings"].get(key), r["settings"].get(key)
             if a != b:
                 notes.append(f"[{k}] vs [1]: {key} differs ({b} vs {a}): not comparable "
                              "example by example")
-        lines = jsonl_path(path)
-        missing = [str(p) for p in (first_lines, lines) if not p.is_file()]
-        if missing:
+        if outcomes[0] is None or outcomes[k - 1] is None:
+            missing = [str(lines[i]) for i in (0, k - 1) if outcomes[i] is None]
             notes.append(f"[{k}] vs [1]: no per-example comparison ({', '.join(missing)} "
                          "missing)")
             continue
-        a, b = read_outcomes(first_lines), read_outcomes(lines)
         for task, t in first["tasks"].items():
             metric = outcome_metric(t)
             if task in r["tasks"] and metric is not None:
-                n_diff, n = differing(a, b, task, metric)
+                n_diff, n = differing(outcomes[0], outcomes[k - 1], task, metric)
                 notes.append(f"[{k}] vs [1]: {task}: {n_diff} of {n} shared examples differ "
                              f"on {metric}")
     return notes
