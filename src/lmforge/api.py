@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.generate.compiled import compile_decode
 from lmforge.generate.engine import Engine
+from lmforge.interop.fingerprint import content_hash
 from lmforge.interop.load import load_weights, resolve_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.linear import pack_for_inference
@@ -93,14 +95,20 @@ def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor],
     return model.to(dtype).eval()
 
 
-def load(spec: str, dtype: str = "fp32", compile: bool = False) -> LoadedModel:
+def load(spec: str, dtype: str = "fp32", compile: bool = False,
+         adapter: str | Path | None = None) -> LoadedModel:
     """Load a built-in model name, a .gguf file, a Hugging Face or an lmforge directory;
-    `compile`: decode steps through torch.compile (`lmforge.generate.compiled`)."""
+    `compile`: decode steps through torch.compile (`lmforge.generate.compiled`); `adapter`:
+    an adapter directory trained on this model, put on top (`lmforge.adapt.adapter`)."""
     source = resolve_model(spec)
     config, state_dict, tokenizer, meta = load_weights(spec)
     if tokenizer is None:
         raise LmforgeError(f"{source.path} has no tokenizer; add tokenizer files to generate")
     model = build_model(config, state_dict, parse_dtype(dtype))
+    if adapter is not None:
+        from lmforge.adapt.adapter import AdapterBase, load_adapter
+
+        load_adapter(adapter, model, AdapterBase(spec, content_hash(state_dict)))
     pack_for_inference(model)  # oneDNN's blocked weights for multi-row products (fp32, CPU)
     if compile:
         compile_decode(model)
