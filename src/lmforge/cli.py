@@ -34,6 +34,8 @@ from lmforge.tokenizers.commands import register as register_tokenizers
 
 BUILTIN_HELP = "a built-in name (see `lmforge models`), a .gguf file, or a Hugging Face / " \
                "lmforge checkpoint or run directory"
+ADAPTER_HELP = "an adapter directory (LoRA, …; lmforge's or peft's) trained on --model, put " \
+               "on top of it"
 
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -43,6 +45,7 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
 
 
 def json_object(text: str) -> dict:
@@ -85,7 +88,7 @@ def load(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(args.model, dtype=args.dtype, compile=args.compile)
+    return load_model(args.model, dtype=args.dtype, compile=args.compile, adapter=args.adapter)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -212,7 +215,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         text = text[: args.chars]
     if args.threads:
         torch.set_num_threads(args.threads)
-    records = [{**evaluate_model(m, text, args.ctx, args.dtype, progress=True),
+    records = [{**evaluate_model(m, text, args.ctx, args.dtype, progress=True,
+                                 adapter=args.adapter),
                 "input": args.input} for m in args.model]
     if args.json:
         print("\n".join(json.dumps(r) for r in records))
@@ -236,7 +240,7 @@ def cmd_eval_tasks(args: argparse.Namespace) -> None:
     resolve_tasks(names, args.shots, args.data_root)  # fail before the model loads
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load(args.model[0], args.dtype)
+    lm = load(args.model[0], args.dtype, adapter=args.adapter)
     report, records = evaluate_tasks(lm, names, args.limit, args.seed, args.shots,
                                      data_root=args.data_root)
     if args.out:
@@ -329,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights and activations dtype of neural models (default fp32)")
     e.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads (default: torch's)")
+    e.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
     e.add_argument("--input", default=None, help="a UTF-8 text file (perplexity)")
     e.add_argument("--ctx", type=int, default=1024, help="window length in tokens")
     e.add_argument("--chars", type=int, default=None, help="score only the first N characters")

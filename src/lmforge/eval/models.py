@@ -54,11 +54,11 @@ def evaluate_ngram(spec: str, text: str, progress: bool = False) -> dict:
 
 
 def evaluate_neural(spec: str, text: str, ctx: int, dtype: str = "fp32",
-                    progress: bool = False) -> dict:
+                    progress: bool = False, adapter: str | None = None) -> dict:
     from lmforge.api import load
     from lmforge.eval.perplexity import evaluate
 
-    lm = load(spec, dtype=dtype)
+    lm = load(spec, dtype=dtype, adapter=adapter)
     ids = lm.tokenizer.encode(text, parse_special=False)
     result = evaluate(lm.model, ids, len(text.encode("utf-8")), ctx, progress=progress)
     bits_per_char = result.nll / (math.log(2) * len(text))
@@ -67,12 +67,12 @@ def evaluate_neural(spec: str, text: str, ctx: int, dtype: str = "fp32",
 
 
 def evaluate_model(spec: str, text: str, ctx: int = 1024, dtype: str = "fp32",
-                   progress: bool = False) -> dict:
+                   progress: bool = False, adapter: str | None = None) -> dict:
     """The record of one model on `text` (see the module docstring)."""
     if is_arpa(spec):
         record = evaluate_ngram(spec, text, progress)
     else:
-        record = evaluate_neural(spec, text, ctx, dtype, progress)
+        record = evaluate_neural(spec, text, ctx, dtype, progress, adapter)
     return {"model": spec, **record}
 
 
