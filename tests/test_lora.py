@@ -260,3 +260,27 @@ def test_adapter_directory_is_whole_or_absent(base, tmp_path) -> None:
     assert sorted(p.name for p in Path(out).iterdir()) == [CONFIG_FILE,
                                                            "adapter_model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_serve_adds_each_adapter_as_a_model(base, tmp_path, monkeypatch) -> None:
+    """`lmforge serve --model M --adapter DIR` serves M and M:DIR's name, each its own."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    model = tiny()
+    attach_lora(model, LoraConfig(r=4, alpha=32, targets=ALL))
+    randomize(model)
+    save_adapter(tmp_path / "tuned", model, "lora", base["base"])
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))
+    assert main(["serve", "--model", base["ckpt"], "--adapter", str(tmp_path / "tuned"),
+                 "--served-model-name", "tiny", "--kv-cache-gb", "0.01"]) == 0
+    lm = lmforge.load(base["ckpt"], adapter=tmp_path / "tuned")
+    expected = lm.engine.generate([TOKENIZER.encode("abc")], lmforge.GenerationConfig(
+        max_tokens=6, temperature=0))[0].text
+    with TestClient(apps[0]) as client:
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert ids == ["tiny", "tiny:tuned"]
+        reply = client.post("/v1/completions", json={
+            "model": "tiny:tuned", "prompt": "abc", "max_tokens": 6, "temperature": 0})
+    assert reply.json()["choices"][0]["text"] == expected

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", action="append", required=True,
                    help="a model to serve (repeatable: e.g. a chat model and an embedding "
                         "model); a built-in name, a .gguf file, or a checkpoint directory")
+    s.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="also serve the first --model with this adapter on top, as "
+                        "MODEL:DIRNAME (repeatable; each loads its own copy of the base)")
     s.add_argument("--served-model-name", default=None,
                    help="the id clients use for the first --model (default: its name)")
     s.add_argument("--host", default="127.0.0.1",
@@ -53,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from lmforge.api import load
     from lmforge.errors import LmforgeError
-    from lmforge.serve.app import build_app, make_state
+    from lmforge.serve.app import build_app, make_state, model_id
 
     if not 0 < args.port < 65536:
         raise LmforgeError(f"--port {args.port} is not a TCP port (1…65535)")
@@ -62,6 +65,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     models = [load(spec, dtype=args.dtype) for spec in args.model]
+    for adapter in args.adapter:
+        tuned = load(args.model[0], dtype=args.dtype, adapter=adapter)
+        base_id = args.served_model_name or model_id(models[0])
+        tuned.name = f"{base_id}:{os.path.basename(os.path.normpath(adapter))}"
+        models.append(tuned)
     if args.compile:
         from lmforge.generate.compiled import compile_decode
 

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model id on the --api server (default: the first it lists)")
     w.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="weights dtype with --model (default fp32)")
+    w.add_argument("--adapter", default=None, metavar="DIR",
+                   help="an adapter directory trained on --model, put on top of it")
     w.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads (default: torch's)")
     w.add_argument("--compile", action="store_true", help=COMPILE_HELP + " (with --model)")
@@ -55,6 +57,9 @@ def cmd_web(args: argparse.Namespace) -> None:
 
     if args.model and (args.api_key or args.model_name):
         raise LmforgeError("--api-key and --model-name go with --api, not --model")
+    if args.api and args.adapter:
+        raise LmforgeError("--adapter goes with --model (serve it with `lmforge serve "
+                           "--adapter` to use it through --api)")
     if args.api and args.compile:
         raise LmforgeError("--compile goes with --model: the --api server decodes, not this page")
     if not 0 < args.port < 65536:
@@ -73,6 +78,7 @@ def cmd_web(args: argparse.Namespace) -> None:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        backend = web.LocalBackend(load(args.model, dtype=args.dtype, compile=args.compile),
+        backend = web.LocalBackend(load(args.model, dtype=args.dtype, compile=args.compile,
+                                        adapter=args.adapter),
                                    args.dtype)
     web.launch(backend, defaults, args.host, args.port)
