@@ -21,6 +21,7 @@ import typing
 
 import torch
 
+from lmforge.adapt.commands import register as register_adapt
 from lmforge.console import chat_loop, print_answer, take_dropped
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import COMPILE_HELP, HELP, GenerationConfig
@@ -395,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_serve(sub)
     register_tokenizers(sub)
     register_ngram(sub)
+    register_adapt(sub)
     return parser
 
 
