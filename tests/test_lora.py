@@ -284,3 +284,29 @@ def test_serve_adds_each_adapter_as_a_model(base, tmp_path, monkeypatch) -> None
         reply = client.post("/v1/completions", json={
             "model": "tiny:tuned", "prompt": "abc", "max_tokens": 6, "temperature": 0})
     assert reply.json()["choices"][0]["text"] == expected
+
+
+@pytest.mark.slow
+def test_smollm2_adapter_in_peft_gives_our_logits(tmp_path) -> None:
+    """SmolLM2 (GQA 9/3 heads, tied embeddings): our q/v LoRA in peft on transformers' own
+    reading of the GGUF (the weights our HF export writes, test_interop_parity.py)."""
+    from conftest import SMOLLM2_GGUF, smollm2_folder
+    from transformers import AutoModelForCausalLM
+
+    lm = lmforge.load("smollm2")
+    attach_lora(lm.model, LoraConfig(r=8, alpha=16, targets=("q_proj", "v_proj")))
+    randomize(lm.model, seed=5)
+    _, sd, _, _ = load_weights("smollm2")
+    save_adapter(tmp_path / "a", lm.model, "lora", AdapterBase("smollm2", content_hash(sd)))
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF,
+                                              dtype=torch.float32).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "a").eval()
+    ids = torch.tensor([lm.tokenizer.encode("The capital of France is Paris, and")])
+    with torch.no_grad(), theirs.disable_adapter():
+        plain = theirs(ids).logits[0]
+    with torch.no_grad():
+        ours, reference = lm.model(ids)[0], theirs(ids).logits[0]
+    assert (ours - reference).abs().max() <= 1e-4
+    assert (ours - plain).abs().max() > 0.1

@@ -90,7 +90,8 @@ class LoraLinear(nn.Module):
         self.base, self.parts, self.config = base, parts, config
         self.slices = slices_of(base)
         self.in_features, self.out_features = base.in_features, base.out_features
-        weight = next(base.parameters())
+        # the base's floating-point dtype and device (a quantized base: its scales')
+        weight = next(t for t in (*base.parameters(), *base.buffers()) if t.is_floating_point())
         kw = dict(device=weight.device, dtype=weight.dtype)
         self.lora_A = nn.ParameterDict({p: nn.Parameter(torch.empty(config.r, self.in_features,
                                                                     **kw)) for p in parts})

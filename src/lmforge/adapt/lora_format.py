@@ -91,7 +91,9 @@ def export_lora(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
                 tensors[key] = store[p]
     n_layer = model.config.n_layer if names is not None else 0
     keys = {"peft_type": "LORA", "task_type": "CAUSAL_LM" if names is not None else None,
-            "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
+            "r": config.r,
+            "lora_alpha": int(config.alpha) if float(config.alpha).is_integer() else config.alpha,
+            "lora_dropout": config.dropout,
             "target_modules": _target_modules(units, names, n_layer),
             "use_rslora": config.use_rslora, "bias": "none", "use_dora": False,
             "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
