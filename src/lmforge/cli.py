@@ -171,6 +171,10 @@ def cmd_chat(args: argparse.Namespace) -> None:
         if args.compile:
             raise LmforgeError("--compile goes with --model: with --api the server decodes "
                                "(start it with `lmforge serve --compile`)")
+        if args.adapter:
+            raise LmforgeError("--adapter goes with a local --model: with --api, start the "
+                               "server with `lmforge serve --adapter DIR` and pick "
+                               "MODEL:DIRNAME with --model")
         return chat_repl(args.api, args.api_key, args.model, args.system,
                          generation_config(args, **defaults))
     if args.model is None:
