@@ -247,7 +247,7 @@ def cmd_eval_tasks(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     lm = load(args.model[0], args.dtype, adapter=args.adapter)
     report, records = evaluate_tasks(lm, names, args.limit, args.seed, args.shots,
-                                     data_root=args.data_root)
+                                     data_root=args.data_root, adapter=args.adapter)
     if args.out:
         lines = write_report(args.out, report, records)
         print(f"wrote {args.out} and {lines}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
 from lmforge.eval.tasks.base import PROMPT_FORMAT, ExampleRecord, Task, get_task
-from lmforge.eval.tasks.report import summarize
+from lmforge.eval.tasks.report import model_settings, summarize
 
 
 def resolve_tasks(task_names: list[str], shots: int = 0, data_root: str | Path | None = None
@@ -47,19 +48,20 @@ def run_task(lm: Any, task: Task, path: Path, limit: int | None, shots: int, see
 
 def evaluate_tasks(lm: Any, task_names: list[str], limit: int | None = None, seed: int = 1234,
                    shots: int = 0, progress: bool = True,
-                   data_root: str | Path | None = None
+                   data_root: str | Path | None = None, adapter: str | Path | None = None
                    ) -> tuple[dict[str, Any], list[ExampleRecord]]:
     """(report, per-example records) of `lm` (`lmforge.load`) on each task, the first
-    `limit` examples of each (all when None); `seed` drives the bootstrap."""
+    `limit` examples of each (all when None); `seed` drives the few-shot draws and the
+    bootstrap; `adapter`: the adapter directory applied to `lm`, recorded with its hash."""
     if limit is not None and limit < 1:
         raise LmforgeError(f"--limit must be at least 1, got {limit}")
     results: dict[str, Any] = {}
     records: list[ExampleRecord] = []
     for task, path in resolve_tasks(task_names, shots, data_root):
+        start = time.perf_counter()
         done = run_task(lm, task, path, limit, shots, seed, progress, data_root)
-        results[task.name] = summarize(done, task.metrics, seed)
+        results[task.name] = summarize(done, task.metrics, seed, time.perf_counter() - start)
         records += done
-    settings = {"model": lm.name, "source": lm.source, "dtype": str(lm.model.dtype)
-                .removeprefix("torch."), "shots": shots, "seed": seed, "limit": limit,
+    settings = {**model_settings(lm, adapter), "shots": shots, "seed": seed, "limit": limit,
                 "prompt_format": PROMPT_FORMAT}
     return {"settings": settings, "tasks": results}, records
