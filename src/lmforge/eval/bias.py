@@ -105,9 +105,9 @@ def metrics(scores: Sequence[PairScore]) -> BiasMetrics:
                        sum(abs(s.ll_more - s.ll_less) for s in scores) / n)
 
 
-def crows_pairs(lm, pairs: Sequence[CrowsPair], *, batch: int = 8) -> CrowsReport:
-    """Score every pair with `lm` (a `lmforge.api.LoadedModel` of a decoder family) and
-    aggregate overall and per bias type (formulas in the module docstring)."""
+def pair_scores(lm, pairs: Sequence[CrowsPair], *, batch: int = 8) -> list[PairScore]:
+    """ll(sent_more) and ll(sent_less) of every pair with `lm` (a `lmforge.api.LoadedModel`
+    of a decoder family), each sentence from the start token (module docstring)."""
     if lm.config.family not in ("decoder", "prefix"):
         raise LmforgeError(f"CrowS-Pairs with the harness's convention scores sentences left "
                            f"to right from a start token; {lm.name} is a "
@@ -122,6 +122,13 @@ def crows_pairs(lm, pairs: Sequence[CrowsPair], *, batch: int = 8) -> CrowsRepor
         lls = loglikelihood(lm.model, start, sentences, batch=batch)
         records += [PairScore(p, lls[2 * j].logprob, lls[2 * j + 1].logprob)
                     for j, p in enumerate(chunk)]
+    return records
+
+
+def crows_pairs(lm, pairs: Sequence[CrowsPair], *, batch: int = 8) -> CrowsReport:
+    """Score every pair with `lm` (`pair_scores`) and aggregate overall and per bias type
+    (formulas in the module docstring)."""
+    records = pair_scores(lm, pairs, batch=batch)
     types = sorted({r.pair.bias_type for r in records})
     return CrowsReport(metrics(records),
                        {t: metrics([r for r in records if r.pair.bias_type == t])

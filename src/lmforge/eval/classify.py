@@ -36,12 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
-from lmforge.score import loglikelihood
+from lmforge.score import loglikelihood_requests
 from lmforge.tokenizers.base import Tokenizer
 
 DATA = Path("../shared/data")
 FEWSHOT_DELIMITER = "\n\n"
 FEWSHOT_SEED = 1234  # the harness's default few-shot seed
+CONTEXTS_PER_PASS = 16  # examples whose contexts are prefilled in one padded pass
+LABEL_ROWS = 32  # label continuations scored per forward pass
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,11 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str
     return ctx, whole[len(ctx):]
 
 
+def predict(logprobs: Sequence[float]) -> int:
+    """The label with the highest log-likelihood (the first on a tie, as numpy's argmax)."""
+    return max(range(len(logprobs)), key=logprobs.__getitem__)
+
+
 @dataclass(frozen=True)
 class Prediction:
     example: Example
@@ -142,18 +149,18 @@ class ClassifyReport:
     records: list[Prediction]
 
 
-def label_logprobs(model, tokenizer: Tokenizer, context: str, labels: Sequence[str]
-                   ) -> list[float]:
-    """Σ log p of each label word after `context`; labels whose split leaves the same
-    context ids share one prefill."""
-    pairs = [encode_pair(tokenizer, context, w) for w in labels]
-    out: list[float] = [0.0] * len(labels)
-    for ctx in {tuple(c) for c, _ in pairs}:
-        which = [i for i, (c, _) in enumerate(pairs) if tuple(c) == ctx]
-        for i, ll in zip(which, loglikelihood(model, list(ctx), [pairs[i][1] for i in which]),
-                         strict=True):
-            out[i] = ll.logprob
-    return out
+def label_loglikelihoods(lm, contexts: Sequence[str], labels: Sequence[str]
+                         ) -> list[list[float]]:
+    """Σ log p of each label word after each context (`lm` a LoadedModel): the contexts
+    prefilled together and each one's cache shared by its labels
+    (`score.loglikelihood_requests`)."""
+    requests = []
+    for context in contexts:
+        pairs = [encode_pair(lm.tokenizer, context, w) for w in labels]
+        # the context's ids do not depend on the label (the split moves only its own spaces)
+        requests.append((pairs[0][0], [c for _, c in pairs]))
+    return [[ll.logprob for ll in lls] for lls in
+            loglikelihood_requests(lm.model, requests, batch=LABEL_ROWS)]
 
 
 def classify(lm, examples: Sequence[Example], template: Template,
@@ -162,8 +169,9 @@ def classify(lm, examples: Sequence[Example], template: Template,
     if not examples:
         raise LmforgeError("no examples to classify: check the data file and --limit")
     records = []
-    for ex in examples:
-        lps = label_logprobs(lm.model, lm.tokenizer, template.context(ex, shots),
-                             template.labels)
-        records.append(Prediction(ex, tuple(lps), max(range(len(lps)), key=lps.__getitem__)))
+    for i in range(0, len(examples), CONTEXTS_PER_PASS):
+        chunk = examples[i: i + CONTEXTS_PER_PASS]
+        for ex, lps in zip(chunk, label_loglikelihoods(
+                lm, [template.context(ex, shots) for ex in chunk], template.labels), strict=True):
+            records.append(Prediction(ex, tuple(lps), predict(lps)))
     return ClassifyReport(sum(r.correct for r in records) / len(records), len(records), records)

@@ -10,7 +10,7 @@ Metrics on token ids (n-grams are tuples of n consecutive ids):
   the set|. Li et al. divide by the number of generated tokens; for n = 1 the two agree,
   and dividing by the n-gram count keeps distinct-n in [0, 1] for every n.
 - perplexity of the continuations under the model itself: exp(−Σ log p(c_t | prompt, c_<t)
-  / Σ |c|), from `lmforge.score.token_logprobs` over prompt + continuation. A setting that
+  / Σ |c|), from `lmforge.score.loglikelihood_requests` (prompt as context). A setting that
   cures repetition by forcing unlikely tokens pays for it here.
 
 `repetition_report` generates continuations of one fixed length (stop tokens and stop
@@ -25,9 +25,10 @@ from dataclasses import dataclass, replace
 
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import GenerationConfig
-from lmforge.score import token_logprobs
+from lmforge.score import loglikelihood_requests
 
 NS = (1, 2, 3, 4)
+PROMPTS_PER_PASS = 16
 
 
 def ngrams(ids: Sequence[int], n: int) -> list[tuple[int, ...]]:
@@ -71,6 +72,7 @@ class SettingReport:
     perplexity: float  # of the continuations under the model
     continuations: list[list[int]]  # prompt-major: n per prompt
     texts: list[str]
+    logprobs: list[float]  # Σ log p of each continuation under the model
 
 
 def fixed_length(config: GenerationConfig, length: int) -> GenerationConfig:
@@ -78,17 +80,19 @@ def fixed_length(config: GenerationConfig, length: int) -> GenerationConfig:
     return replace(config, max_tokens=length, min_tokens=length, stop=[])
 
 
-def continuation_perplexity(model, prompts: Sequence[Sequence[int]],
-                            continuations: Sequence[Sequence[int]]) -> float:
-    """exp(−Σ log p(c_t | prompt, c_<t) / Σ |c|); `continuations[i]` follows
-    `prompts[i * len(prompts) // len(continuations)]` (n continuations per prompt)."""
-    per_prompt = len(continuations) // len(prompts)
-    total, count = 0.0, 0
-    for i, c in enumerate(continuations):
-        p = list(prompts[i // per_prompt])
-        total += token_logprobs(model, p + list(c), prefix=len(p)).total()
-        count += len(c)
-    return math.exp(-total / count)
+def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
+                          continuations: Sequence[Sequence[int]]) -> list[float]:
+    """Σ_t log p(c_t | prompt, c_<t) of each continuation; `continuations[i]` follows
+    `prompts[i // n]` (n continuations per prompt, prompt-major). The prompts are prefilled
+    together and each one's cache shared by its continuations
+    (`score.loglikelihood_requests`), PROMPTS_PER_PASS prompts at a time."""
+    n = len(continuations) // len(prompts)
+    out: list[float] = []
+    for i in range(0, len(prompts), PROMPTS_PER_PASS):
+        requests = [(list(p), [list(c) for c in continuations[j * n: (j + 1) * n]])
+                    for j, p in enumerate(prompts[i: i + PROMPTS_PER_PASS], i)]
+        out += [ll.logprob for lls in loglikelihood_requests(model, requests) for ll in lls]
+    return out
 
 
 def repetition_report(lm, prompts: Sequence[str], settings: Mapping[str, GenerationConfig], *,
@@ -109,11 +113,13 @@ def repetition_report(lm, prompts: Sequence[str], settings: Mapping[str, Generat
         config = fixed_length(config, length)
         done = lm.engine.generate(ids, config)
         conts = [c.token_ids for c in done]
+        logprobs = continuation_logprobs(lm.model, ids, conts)
         reports.append(SettingReport(
             name, config,
             {n: sum(rep_n(c, n) for c in conts) / len(conts) for n in ns},
             {n: distinct_n(conts, n) for n in ns},
-            continuation_perplexity(lm.model, ids, conts), conts, [c.text for c in done]))
+            math.exp(-sum(logprobs) / sum(map(len, conts))), conts,
+            [c.text for c in done], logprobs))
     return reports
 
 

@@ -1,7 +1,17 @@
-"""Task evaluation: multiple choice by log-likelihood (HellaSwag, PIQA, ARC), a report with
+"""Task evaluation: multiple choice by log-likelihood (HellaSwag, PIQA, ARC), LAMBADA, reading
+comprehension, arithmetic, GSM8K, classification, CrowS-Pairs and repetition, a report with
 bootstrap standard errors (`docs/eval_tasks.md`)."""
 
-from lmforge.eval.tasks import lambada, multiple_choice  # noqa: F401  (register their tasks)
+from lmforge.eval.tasks import (  # noqa: F401  (register their tasks)
+    arithmetic,
+    bias,
+    classification,
+    gsm8k,
+    lambada,
+    multiple_choice,
+    reading,
+    repetition,
+)
 from lmforge.eval.tasks.base import (
     DATA_ROOT,
     TASKS,
