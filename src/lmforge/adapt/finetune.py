@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 from lmforge.adapt import settings as cfg
-from lmforge.adapt.classifier import save_head
+from lmforge.adapt.adapter import AdapterBase, save_adapter
+from lmforge.adapt.classifier import attach
 from lmforge.adapt.heads import SeqCls, check_pooling, pool
 from lmforge.adapt.labeled import (
     Encoded,
@@ -258,17 +259,17 @@ def finish(method: str, s: cfg.FinetuneSettings, base: Base, tr: Trainer,
            names: list[str]) -> None:
     """Write the head as an adapter on its base: the model as it came for `probe`, the
     fine-tuned weights (saved to model/) for `full`."""
-    head = {k.removeprefix("head."): v for k, v in tr.task.heads().items()}
     settings = {"pooling": tr.objective.pooling, "n_classes": len(names), "labels": names,
                 "head_hidden": s.head_hidden, "max_len": s.max_len,
                 "layer": s.layer if method == "probe" else -1,
                 "text_column": s.text_column, "label_column": s.label_column}
+    model = tr.task.model
     if method == "probe":
-        save_head(tr.run_dir / "adapter", "probe", settings, base.spec,
-                  content_hash(base.state_dict), head)
-        return
-    weights = {k: v.detach().float().cpu() for k, v in tr.task.model.state_dict().items()}
-    save_checkpoint(tr.run_dir / "model", tr.task.model.config, weights, tr.tokenizer)
-    save_head(tr.run_dir / "adapter", "head", settings, str((tr.run_dir / "model").resolve()),
-              content_hash(weights), head)
-
+        on = AdapterBase(base.spec, content_hash(base.state_dict))
+    else:
+        weights = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+        save_checkpoint(tr.run_dir / "model", model.config, weights, tr.tokenizer)
+        on = AdapterBase(str((tr.run_dir / "model").resolve()), content_hash(weights))
+    attach(model, tr.task.head, settings)
+    save_adapter(tr.run_dir / "adapter", model, "probe" if method == "probe" else "head", on,
+                 force=True)
