@@ -41,7 +41,8 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 SECTION = "lmforge"  # our keys inside adapter_config.json (PEFT ignores keys it lacks)
 
 # where each built-in method registers itself (imported on first use)
-METHOD_MODULES = {"lora": "lmforge.adapt.lora_format"}
+METHOD_MODULES = {"lora": "lmforge.adapt.lora_format", "head": "lmforge.adapt.classifier",
+                  "probe": "lmforge.adapt.classifier"}
 
 Export = Callable[[nn.Module], tuple[dict, dict[str, torch.Tensor]]]
 Apply = Callable[[nn.Module, dict, dict[str, torch.Tensor]], None]
