@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.adapt.classifier import load_head
+import lmforge
+from lmforge.adapt.classifier import classify
 from lmforge.adapt.finetune import finetune, layer_decay_optimizer
 from lmforge.adapt.heads import SeqCls, hidden_states, last_pool, pool
 from lmforge.adapt.labeled import Encoded, encode, read_labelled
@@ -27,6 +28,7 @@ from lmforge.train.objective import ObjectiveModel
 SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2"
 ENCODER = dict(family="encoder", norm="layernorm", norm_eps=1e-12, mlp="gelu",
                position="learned", bias=True, norm_position="post", type_vocab_size=2)
+TINY = dict(vocab_size=30522, d_model=32, n_layer=2, n_head=4, d_ff=64, max_seq_len=64)
 FAST = {"max_steps": 16, "eval_every": 8, "eval_batches": 2, "log_every": 1, "batch_size": 8,
         "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2, "max_len": 32}
 
@@ -38,8 +40,7 @@ def wordpiece():
 
 def tiny_model(directory: Path, tokenizer, **fields) -> str:
     """A 2-layer width-32 model with minilm's WordPiece vocabulary, saved as a checkpoint."""
-    config = ModelConfig(vocab_size=30522, d_model=32, n_layer=2, n_head=4, d_ff=64,
-                         max_seq_len=64, **{**ENCODER, **fields})
+    config = ModelConfig(**{**TINY, **ENCODER, **fields})
     model = Transformer(config)
     model.init_weights(std=0.02, seed=0)
     save_checkpoint(directory, config, model.state_dict(), tokenizer)
@@ -148,9 +149,12 @@ def test_full_fine_tuning_lowers_the_loss_and_resumes_exactly(tiny, sst2_files, 
                         "out_dir": str(tmp_path / "b")}, resume=True, progress=False)
     assert losses(resumed.run_dir) == a  # bit for bit: batches, dropout, optimizer, lr
     assert resumed.eval_acc == straight.eval_acc and resumed.eval_n == 32
-    head = load_head(straight.run_dir / "adapter",
-                     content_hash(load_weights(straight.run_dir / "model")[1]))
-    assert head.pooling == "mean" and head.labels == ["0", "1"]
+    lm = lmforge.load(str(straight.run_dir / "model"), adapter=straight.run_dir / "adapter")
+    assert lm.model.classifier.settings["pooling"] == "mean"
+    texts = read_labelled(sst2_files[1]).texts
+    labels = classify(lm, texts, batch_size=5)  # the adapter reproduces the run's accuracy
+    gold = read_labelled(sst2_files[1]).labels
+    assert sum(int(y) == g for y, g in zip(labels, gold, strict=True)) / 32 == resumed.eval_acc
 
 
 def test_frozen_embeddings_stay_bit_identical(tiny, sst2_files, tmp_path):
@@ -185,16 +189,22 @@ def test_probe_method_leaves_the_base_bit_identical(tiny, sst2_files, tmp_path):
     rebuilt = load_weights(r.run_dir)[1]  # the run's checkpoint on top of its base
     assert rebuilt.keys() == base.keys()
     assert all(torch.equal(base[k], rebuilt[k]) for k in base)
-    assert load_head(r.run_dir / "adapter", content_hash(base)).config["layer"] == -1
-    with pytest.raises(LmforgeError, match="not on this model"):
-        load_head(r.run_dir / "adapter", "sha256:other")
+    lm = lmforge.load(tiny, adapter=r.run_dir / "adapter")
+    assert lm.model.classifier.settings["layer"] == -1
+    assert content_hash({k: v for k, v in lm.model.state_dict().items()
+                         if not k.startswith("classifier.")}) == content_hash(base)
+    other = tiny_model(tmp_path / "other", lm.tokenizer, n_layer=1)
+    with pytest.raises(LmforgeError, match="was trained on base"):
+        lmforge.load(other, adapter=r.run_dir / "adapter")
 
 
 def test_decoder_path_with_last_token_pooling(tmp_path, wordpiece, sst2_files):
     decoder = tiny_model(tmp_path / "decoder", wordpiece, family="decoder",
                          norm_position="pre", type_vocab_size=0)
     r = run(decoder, "full", sst2_files, tmp_path / "run", max_steps=4)
-    assert load_head(r.run_dir / "adapter").pooling == "last"
+    lm = lmforge.load(str(r.run_dir / "model"), adapter=r.run_dir / "adapter")
+    assert lm.model.classifier.settings["pooling"] == "last"
+    assert set(classify(lm, ["a fine film", "a dull one"])) <= {"0", "1"}
     with pytest.raises(LmforgeError, match="causal model"):
         run(decoder, "full", sst2_files, tmp_path / "cls", pooling="cls")
 
