@@ -2,10 +2,10 @@
 and what curing it costs in likelihood (`lmforge.eval.repetition`).
 
 Prompts: a fixed sample of WikiText-2 test paragraphs (`wikitext-2/test.txt`): the body
-lines (not the `= heading =` lines) whose first 32 words hold no `<unk>`, 200 of them drawn
-with `random.Random(0)` and kept in file order; a prompt is those 32 words with WikiText's
-split number marks joined back ("1 @,@ 000" → "1,000", "@-@" → "-", "@.@" → "."). The
-sample does not depend on `--seed` or `--limit` (`--limit N` takes the first N).
+lines (not the `= heading =` lines), WikiText's split number marks joined back
+("1 @,@ 000" → "1,000", "@-@" → "-", "@.@" → "."), whose first 32 words hold no `<unk>`;
+200 of them drawn with `random.Random(0)` and kept in file order; a prompt is those 32
+words. The sample does not depend on `--seed` or `--limit` (`--limit N` takes the first N).
 
 Each prompt is continued by exactly 64 tokens (stops off: `repetition.fixed_length`) under
 each setting, the batch's prompts decoded together, and per setting s the record holds
@@ -60,10 +60,11 @@ def wikitext_prompts(path: Path) -> list[Indexed[Prompt]]:
     """The fixed sample of prompts (module docstring) from a WikiText file."""
     candidates = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        words = line.split()
+        words = _NUMBER_MARK.sub(r"\1", line).split()
+        text = " ".join(words[:PROMPT_WORDS])
         if len(words) > PROMPT_WORDS and not line.lstrip().startswith("=") and \
-                "<unk>" not in words[:PROMPT_WORDS]:
-            candidates.append(Prompt(n, _NUMBER_MARK.sub(r"\1", " ".join(words[:PROMPT_WORDS]))))
+                "<unk>" not in text:
+            candidates.append(Prompt(n, text))
     picked = sorted(random.Random(PROMPT_SEED).sample(range(len(candidates)),
                                                       min(PROMPTS, len(candidates))))
     return [Indexed(i, candidates[j]) for i, j in enumerate(picked)]
