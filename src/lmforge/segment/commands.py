@@ -1,7 +1,9 @@
 """`lmforge segment` and `lmforge segment-score`: Chinese word segmentation from the shell.
 
     lmforge segment --dict words.txt --mode bimm --input text.txt --output text.seg
-    lmforge segment-score --gold gold.txt --pred text.seg --json
+    lmforge segment-train --config configs/msr-tagger.toml
+    lmforge segment --model runs/msr-tagger --input text.txt --output text.seg
+    lmforge segment-score --gold gold.txt --pred text.seg --dict words.txt --json
 
 Only argparse is imported here; the segmentation modules load inside the commands.
 """
@@ -11,14 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from lmforge.errors import LmforgeError
-
-if TYPE_CHECKING:
-    from lmforge.segment.dictionary import Dictionary
 
 MODE_NAMES = ("fmm", "bmm", "bimm")
 
@@ -33,9 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "forward maximum matching, bmm: backward, bimm: both, keeping the one "
                     "with fewer words, then fewer single characters, then fewer unknown "
                     "words, else bmm.")
-    s.add_argument("--dict", required=True,
-                   help="a word list (one word per line) or a jieba-style dict.txt "
-                        "('word freq [tag]' per line), UTF-8")
+    how = s.add_mutually_exclusive_group(required=True)
+    how.add_argument("--dict",
+                     help="a word list (one word per line) or a jieba-style dict.txt "
+                          "('word freq [tag]' per line), UTF-8")
+    how.add_argument("--model", metavar="RUN_DIR",
+                     help="a B/M/E/S tagger run written by `lmforge segment-train` "
+                          "(statistical segmentation; --mode is not used)")
     s.add_argument("--mode", default="fmm", choices=MODE_NAMES,
                    help="matching direction (default fmm)")
     s.add_argument("--input", default=None, help="UTF-8 text file (default: standard input)")
@@ -43,42 +46,75 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write here, atomically (default: standard output)")
     s.set_defaults(func=cmd_segment)
 
+    t = sub.add_parser(
+        "segment-train", help="train a B/M/E/S character tagger for word segmentation",
+        description="Trains an lmforge encoder to tag each character B/M/E/S with the "
+                    "trainer's loop (run directory, metrics.jsonl, loss.png, checkpoints, "
+                    "best/). The config has [model], [tagger] and [train] tables: see "
+                    "configs/msr-tagger.toml and docs/segmentation.md.")
+    t.add_argument("--config", required=True, help="the tagger's TOML config")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. train.max_steps=500 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="pause after step N (resume later with --resume)")
+    t.set_defaults(func=cmd_segment_train)
+
     c = sub.add_parser(
         "segment-score", help="word precision, recall and F1 of a segmentation",
         description="Compares word spans line by line (SIGHAN bakeoff scoring). Lines whose "
                     "characters differ between the two files are skipped and reported.")
     c.add_argument("--gold", required=True, help="gold segmentation, words separated by spaces")
     c.add_argument("--pred", required=True, help="predicted segmentation of the same lines")
+    c.add_argument("--dict", default=None,
+                   help="the training word list: also report the recall of gold words "
+                        "missing from it (out-of-vocabulary recall)")
     c.add_argument("--json", action="store_true", help="print one JSON record")
     c.set_defaults(func=cmd_segment_score)
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
     from lmforge.io import atomic_write
-    from lmforge.segment.dictionary import Dictionary
-    from lmforge.segment.maxmatch import matcher
 
     if args.input is not None and not Path(args.input).is_file():
         raise LmforgeError(f"--input {args.input}: no such file (omit --input to read stdin)")
+    segment = _segmenter(args)
+    lines = _file_lines(Path(args.input)) if args.input else _stdin_lines()
+    if args.output is None:
+        _write(segment(lines), sys.stdout)
+        return
+    atomic_write(args.output, lambda tmp: _write_file(segment(lines), tmp))
+
+
+def _segmenter(args: argparse.Namespace) -> Callable[[Iterable[str]], Iterator[str]]:
+    """Lines in, space-separated words out: the tagger of --model, or matching on --dict."""
+    if args.model is not None:
+        from lmforge.segment.tagger import load_tagger
+
+        return load_tagger(args.model).segment_lines
+    from lmforge.segment.dictionary import Dictionary
+    from lmforge.segment.maxmatch import matcher, segment_lines
+
     dictionary = Dictionary.load(args.dict)
     matcher(args.mode)("", dictionary)  # build the tries now, not under the progress bar
-    if args.output is None:
-        _segment_stream(args, dictionary, sys.stdout)
-        return
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as out:
-            _segment_stream(args, dictionary, out)
-
-    atomic_write(args.output, write)
+    return lambda lines: segment_lines(lines, dictionary, args.mode)
 
 
-def _segment_stream(args: argparse.Namespace, dictionary: Dictionary, out: TextIO) -> None:
-    from lmforge.segment.maxmatch import segment_lines
-
-    lines = _file_lines(Path(args.input)) if args.input else _stdin_lines()
-    for words in segment_lines(lines, dictionary, args.mode):
+def _write(lines: Iterator[str], out: TextIO) -> None:
+    for words in lines:
         out.write(words + "\n")
+
+
+def _write_file(lines: Iterator[str], tmp: str) -> None:
+    with open(tmp, "w", encoding="utf-8") as out:
+        _write(lines, out)
+
+
+def cmd_segment_train(args: argparse.Namespace) -> None:
+    from lmforge.segment.tagger import train_tagger
+
+    run_dir = train_tagger(args.config, args.set, args.resume, args.stop_after)
+    print(f"run directory: {run_dir} (segment with: lmforge segment --model {run_dir})")
 
 
 def _file_lines(path: Path) -> Iterator[str]:
@@ -104,12 +140,18 @@ def _stdin_lines() -> Iterator[str]:
 
 
 def cmd_segment_score(args: argparse.Namespace) -> None:
+    from lmforge.segment.oov import oov_recall_files
     from lmforge.segment.score import score_files
 
     s = score_files(args.gold, args.pred)
+    oov = oov_recall_files(args.gold, args.pred, args.dict) if args.dict else None
     if args.json:
-        print(json.dumps({"gold": args.gold, "pred": args.pred, **s.to_dict()}))
+        extra = {"oov": oov.to_dict()} if oov else {}
+        print(json.dumps({"gold": args.gold, "pred": args.pred, **s.to_dict(), **extra}))
         return
+    if oov:
+        print(f"out-of-vocabulary recall {oov.recall:.4f} ({oov.correct} of {oov.total} gold "
+              f"words not in --dict)")
     print(f"precision {s.precision:.4f}  recall {s.recall:.4f}  F1 {s.f1:.4f}\n"
           f"lines {s.lines}: scored {s.lines - s.skipped}, skipped {s.skipped}\n"
           f"words: gold {s.gold_words}, predicted {s.pred_words}, correct {s.correct}")
