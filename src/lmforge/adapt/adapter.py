@@ -42,7 +42,8 @@ SECTION = "lmforge"  # our keys inside adapter_config.json (PEFT ignores keys it
 
 # where each built-in method registers itself (imported on first use)
 METHOD_MODULES = {"lora": "lmforge.adapt.lora_format", "head": "lmforge.adapt.classifier",
-                  "probe": "lmforge.adapt.classifier"}
+                  "probe": "lmforge.adapt.classifier", "prompt": "lmforge.adapt.prompt_tuning",
+                  "ptuning2": "lmforge.adapt.ptuning2"}
 
 Export = Callable[[nn.Module], tuple[dict, dict[str, torch.Tensor]]]
 Apply = Callable[[nn.Module, dict, dict[str, torch.Tensor]], None]

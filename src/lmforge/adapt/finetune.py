@@ -11,6 +11,9 @@ Methods:
   embeddings (`freeze_embeddings`: token, position and segment tables and their norm).
 - `probe`: the model is frozen; its pooled features of one layer (`layer`, default the
   last) are computed once and cached (`adapt/probe.py`), and the head trains on them.
+- `prompt`, `ptuning2`: the model is frozen; a soft prompt (`adapt/prompt_tuning.py`) or
+  P-Tuning v2's per-layer prefix (`adapt/ptuning2.py`) trains with the head, and both are
+  saved as one adapter of that method.
 
 The trainer (`train/loop.py`) knows no objective by name, so fine-tuning is not another
 loop: `seqcls` is an `Objective` (`adapt/heads.py`) whose batches come from labelled rows
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.adapt import prompt_tuning, ptuning2
 from lmforge.adapt import settings as cfg
 from lmforge.adapt.adapter import AdapterBase, save_adapter
 from lmforge.adapt.classifier import attach
@@ -52,6 +56,7 @@ from lmforge.errors import LmforgeError
 from lmforge.interop.checkpoint import save_checkpoint
 from lmforge.interop.fingerprint import content_hash
 from lmforge.io import atomic_write_text
+from lmforge.tokenizers.base import Tokenizer
 from lmforge.train import distributed
 from lmforge.train.base import Base, build_from_base, frozen_base, load_base
 from lmforge.train.config import RunConfig
@@ -117,8 +122,8 @@ class Prepared:
 def prepare(method: str, s: cfg.FinetuneSettings, base: Base, task: ObjectiveModel,
             train: Encoded, evaluation: Encoded | None, data: str, progress: bool
             ) -> Prepared:
-    """Samplers over token rows (full), or over the cached features of a frozen model."""
-    if method == "full":
+    """Samplers over token rows, or over the cached features of a frozen model (probe)."""
+    if method != "probe":
         val = evaluation or train
         return Prepared(RowSampler(train), RowSampler(val), evaluation, None)
     model = task.model
@@ -171,7 +176,10 @@ def build_trainer(method: str, s: cfg.FinetuneSettings, base: Base, data: str,
     objective = SeqCls(len(labelled[0].names), check_pooling(s.pooling, config),
                        s.head_hidden, s.dropout)
     model = build_from_base(base, config.vocab_size, min(s.max_len, config.max_seq_len))
-    frozen = frozen_base(base, model, []) if method == "probe" else None
+    frozen = None
+    if method != "full":
+        patterns = input_adapter(method, s, model, base.tokenizer, labelled[0].names)
+        frozen = frozen_base(base, model, patterns)
     torch.manual_seed(t.seed)  # the head's initialisation
     task = ObjectiveModel(model, objective)
     if method == "full" and s.freeze_embeddings:
@@ -204,8 +212,8 @@ def build_trainer(method: str, s: cfg.FinetuneSettings, base: Base, data: str,
 
 def check_method(method: str, task: str) -> None:
     if method in cfg.LATER:
-        raise LmforgeError(f"--method {method} is not built yet (issue #19: prompt tuning, "
-                           "P-Tuning v2 and LoRA come with the adapter work); use full or probe")
+        raise LmforgeError(f"--method {method} is not built yet (issue #19: LoRA fine-tuning "
+                           "comes with the adapter work); use full, probe, prompt or ptuning2")
     if method not in cfg.METHODS:
         raise LmforgeError(f"--method {method!r}: use one of {', '.join(cfg.METHODS)}")
     if task != "seqcls":
@@ -264,12 +272,31 @@ def finish(method: str, s: cfg.FinetuneSettings, base: Base, tr: Trainer,
                 "layer": s.layer if method == "probe" else -1,
                 "text_column": s.text_column, "label_column": s.label_column}
     model = tr.task.model
-    if method == "probe":
+    if method != "full":  # the base as it came
         on = AdapterBase(base.spec, content_hash(base.state_dict))
     else:
         weights = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
         save_checkpoint(tr.run_dir / "model", model.config, weights, tr.tokenizer)
         on = AdapterBase(str((tr.run_dir / "model").resolve()), content_hash(weights))
     attach(model, tr.task.head, settings)
-    save_adapter(tr.run_dir / "adapter", model, "probe" if method == "probe" else "head", on,
+    save_adapter(tr.run_dir / "adapter", model, "head" if method == "full" else method, on,
                  force=True)
+
+
+def input_adapter(method: str, s: cfg.FinetuneSettings, model: torch.nn.Module,
+                  tokenizer: Tokenizer, names: list[str]) -> list[str]:
+    """Attach prompt tuning's soft prompt or P-Tuning v2's prefix to `model`; the patterns
+    of its trainable parameters (none for probe)."""
+    if method == "prompt":
+        words = s.label_words.split(",") if s.label_words else names
+        if s.init == "labels" and len(words) != len(names):
+            raise LmforgeError(f"label_words names {len(words)} words for {len(names)} "
+                               "classes; give one per class, in label order")
+        label_ids = [tokenizer.encode_spans([(w.strip(), False)]) for w in words]
+        weight = prompt_tuning.init_prompt(model, s.n_virtual, s.init, label_ids, s.train.seed)
+        prompt_tuning.attach_prompt(model, weight, {"init": s.init})
+        return list(prompt_tuning.TRAINABLE_PATTERNS)
+    if method == "ptuning2":
+        ptuning2.attach_ptuning(model, s.n_prefix, s.reparam, s.prefix_std, s.train.seed)
+        return list(ptuning2.TRAINABLE_PATTERNS)
+    return []

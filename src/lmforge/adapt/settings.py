@@ -18,6 +18,13 @@ TOML (bare words are strings). Each method starts from its own trainer defaults.
     layer              -1         probe: the layer whose features are read (-1: the last)
     cache_dir          "~/.cache/lmforge/features"   probe: the feature cache
     feature_batch      64         probe: rows per forward pass while extracting features
+    n_virtual          20         prompt: virtual tokens in front of the input
+    init               "vocab"    prompt: vocab | labels | normal (adapt/prompt_tuning.py)
+    label_words        ""         prompt, init=labels: one word per class, comma-separated,
+                                  in label order ("": the label names)
+    n_prefix           16         ptuning2: prefix positions per layer
+    reparam            0          ptuning2: hidden width of the reparameterisation MLP (0: off)
+    prefix_std         1.0        ptuning2: the prefix's initial N(0, std²) (no MLP)
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from lmforge.errors import LmforgeError
 from lmforge.train.config import TrainSettings
 
 METHODS = ("full", "probe", "prompt", "ptuning2", "lora")
-LATER = ("prompt", "ptuning2", "lora")  # named by the CLI, built by the adapter work (#19)
+LATER = ("lora",)  # named by the CLI, built by the adapter work (#19)
 # trainer settings that fine-tuning sets itself or that do not apply to it
 NOT_HERE = {"init_from": "the model is --model", "trainable": "the method decides it",
             "objective": "the task decides it", "block_size": "set max_len instead",
@@ -41,6 +48,14 @@ DEFAULTS = {
     "full": {"batch_size": 32, "max_steps": 500, "lr": 5e-5, "min_lr": 5e-6,
              "warmup_steps": 50, "weight_decay": 0.01, "beta2": 0.999, "eval_every": 100,
              "eval_batches": 10, "log_every": 10, "keep_last": 1},
+    # a soft prompt or prefix and the head: a much larger learning rate (Lester et al.,
+    # 2021, used 0.3; Liu et al., 2022, 5e-3 to 1e-2)
+    "prompt": {"batch_size": 32, "max_steps": 500, "lr": 3e-2, "min_lr": 3e-3,
+               "warmup_steps": 30, "weight_decay": 0.0, "beta2": 0.999, "eval_every": 100,
+               "eval_batches": 10, "log_every": 10, "keep_last": 1},
+    "ptuning2": {"batch_size": 32, "max_steps": 500, "lr": 1e-2, "min_lr": 1e-3,
+                 "warmup_steps": 30, "weight_decay": 0.0, "beta2": 0.999, "eval_every": 100,
+                 "eval_batches": 10, "log_every": 10, "keep_last": 1},
     "probe": {"batch_size": 64, "max_steps": 1000, "lr": 1e-3, "min_lr": 1e-4,
               "warmup_steps": 0, "weight_decay": 0.0, "beta2": 0.999, "eval_every": 250,
               "eval_batches": 10, "log_every": 50, "keep_last": 1},
@@ -64,6 +79,12 @@ class FinetuneSettings:
     layer: int = -1
     cache_dir: str = "~/.cache/lmforge/features"
     feature_batch: int = 64
+    n_virtual: int = 20
+    init: str = "vocab"
+    label_words: str = ""
+    n_prefix: int = 16
+    reparam: int = 0
+    prefix_std: float = 1.0
     train: TrainSettings = field(default_factory=TrainSettings)
 
     def validate(self) -> None:

@@ -23,7 +23,7 @@ from lmforge.generate.cache import KVCache
 from lmforge.generate.compiled import decode_forward
 from lmforge.generate.row import RowDecoder, Step
 from lmforge.model.cross_attention import CrossMemory
-from lmforge.model.prefix import PrefixKV
+from lmforge.model.prefix import PrefixKV, attached_prefix
 from lmforge.model.transformer import Transformer
 
 PREFILL_CHUNK = 1024
@@ -129,7 +129,9 @@ class Batch:
         """Prefill `prompt` into `slot`, whose first `reused` positions already hold it (an
         encoder-decoder's prompt is its source, encoded here; a P-Tuning v2 `prefix` is
         written first into a slot that holds nothing yet); logits (V,) of the last
-        position, or (T, V) of every prefilled position with `all_logits`."""
+        position, or (T, V) of every prefilled position with `all_logits`. Without
+        `prefix`, the one an adapter attached to the model, if any."""
+        prefix = prefix if prefix is not None else attached_prefix(self.model)
         ids, source = prompt_ids(self.model, prompt)
         if source is not None:
             encode_source(self.model, self.cache, slot, source)

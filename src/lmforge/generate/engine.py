@@ -29,7 +29,7 @@ from lmforge.generate.core import (
 )
 from lmforge.generate.processors import Processor
 from lmforge.generate.row import RowDecoder, Step
-from lmforge.model.prefix import PrefixKV
+from lmforge.model.prefix import PrefixKV, attached_prefix
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizers.base import Tokenizer
 
@@ -62,6 +62,7 @@ def decode_rows(model: Transformer, prompts: list[list[int]], config: Generation
     r % n of prompt r // n; all n answers of a prompt share its prefill (copied slots).
     `prefix`: P-Tuning v2 keys and values every row reads before its prompt."""
     n = config.n
+    prefix = prefix if prefix is not None else attached_prefix(model)  # an adapter's
     t0 = time.perf_counter()
     pairs = [prompt_ids(model, p) for p in prompts]
     sources = [s for _, s in pairs if s is not None]

@@ -38,6 +38,15 @@ from lmforge.model.attention import KVStore
 from lmforge.model.config import ModelConfig
 from lmforge.model.masks import NoCache, visible_keys
 
+ATTR = "prefix_kv"  # the submodule an adapter puts on a model for generation to read
+
+
+def attached_prefix(model: nn.Module) -> PrefixKV | None:
+    """The `PrefixKV` an adapter attached to `model` (P-Tuning v2, or a decoder's soft
+    prompt as keys and values: `lmforge.adapt`), which every KV-cache slot starts with."""
+    prefix = getattr(model, ATTR, None)
+    return prefix if isinstance(prefix, PrefixKV) else None
+
 
 class PrefixKV(nn.Module):
     """Per-layer prefix keys and values: `tensors()` gives K, V, each
