@@ -23,7 +23,7 @@ from lmforge.adapt.ptuning2 import attach_ptuning, export, fold_prefix
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
 from lmforge.generate.engine import Engine
-from lmforge.interop.checkpoint import save_checkpoint
+from lmforge.interop.checkpoint import load_checkpoint, save_checkpoint
 from lmforge.interop.fingerprint import content_hash
 from lmforge.interop.load import load_weights
 from lmforge.model.config import ModelConfig
@@ -283,3 +283,45 @@ def test_minilm_seqcls_lowers_the_loss(method, extra, sst2_files, tmp_path):
     labels = classify(lm, data.texts, batch_size=8)
     acc = sum(int(y) == g for y, g in zip(labels, data.labels, strict=True)) / len(labels)
     assert acc == result.eval_acc
+
+
+@pytest.fixture(scope="module")
+def tiny_wordpiece(tmp_path_factory) -> str:
+    """A 2-layer width-32 encoder with minilm's WordPiece vocabulary, as a checkpoint."""
+    tokenizer = load_weights("minilm")[2]
+    model = tiny(**{**ENCODER, "vocab_size": tokenizer.vocab_size})
+    path = tmp_path_factory.mktemp("wp") / "model"
+    save_checkpoint(path, model.config, model.state_dict(), tokenizer)
+    return str(path)
+
+
+@pytest.mark.parametrize("method,extra", [("prompt", {"init": "labels", "n_virtual": 4}),
+                                          ("ptuning2", {"reparam": 8, "n_prefix": 4})])
+def test_finetune_saves_one_adapter_and_resumes_exactly(method, extra, tiny_wordpiece,
+                                                        sst2_files, tmp_path):
+    settings = {"max_steps": 6, "eval_every": 3, "eval_batches": 1, "log_every": 1,
+                "batch_size": 8, "warmup_steps": 1, "max_len": 24,
+                "eval_data": str(sst2_files[1]), **extra}
+
+    def run(out: Path, **kw):
+        return finetune(tiny_wordpiece, method, "seqcls", sst2_files[0],
+                        {**settings, "out_dir": str(out)}, progress=False, **kw)
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=3)
+    resumed = run(tmp_path / "b", resume=True)
+    metrics = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in "ab"]
+    loss = [[json.loads(x)["loss"] for x in m if '"loss"' in x] for m in metrics]
+    assert loss[0] == loss[1] and len(loss[0]) == 6  # bit for bit
+    assert resumed.eval_acc == straight.eval_acc
+    stored = load_checkpoint(tmp_path / "a" / "checkpoints" / "step-6", with_base=False)[1]
+    assert set(stored) == ({"soft_prompt.weight"} if method == "prompt" else
+                           {"prefix_kv.embed", "prefix_kv.mlp.0.weight", "prefix_kv.mlp.0.bias",
+                            "prefix_kv.mlp.2.weight", "prefix_kv.mlp.2.bias"})
+    adapter = read_adapter(tmp_path / "a" / "adapter")
+    assert adapter.method == method and adapter.config["classifier"]["labels"] == ["0", "1"]
+    lm = lmforge.load(tiny_wordpiece, adapter=tmp_path / "a" / "adapter")
+    data = read_labelled(sst2_files[1])
+    labels = classify(lm, data.texts, batch_size=5)
+    acc = sum(int(y) == g for y, g in zip(labels, data.labels, strict=True)) / len(labels)
+    assert acc == straight.eval_acc  # the adapter and its head reproduce the run

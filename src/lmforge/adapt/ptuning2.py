@@ -80,7 +80,9 @@ def attach_ptuning(model: Transformer, n_prefix: int, reparam: int = 0, std: flo
     parameters."""
     if reparam < 0:
         raise LmforgeError(f"reparam={reparam}: 0 (off) or the MLP's hidden width")
-    prefix = PrefixKV(model.config, n_prefix, hidden=reparam or None, std=std, seed=seed)
+    with torch.random.fork_rng(devices=[]):  # the MLP's layers draw from the global RNG
+        torch.manual_seed(seed)
+        prefix = PrefixKV(model.config, n_prefix, hidden=reparam or None, std=std, seed=seed)
     return attach_prefix(model, prefix)
 
 
