@@ -325,3 +325,26 @@ def test_finetune_saves_one_adapter_and_resumes_exactly(method, extra, tiny_word
     labels = classify(lm, data.texts, batch_size=5)
     acc = sum(int(y) == g for y, g in zip(labels, data.labels, strict=True)) / len(labels)
     assert acc == straight.eval_acc  # the adapter and its head reproduce the run
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_generate_and_scoring_read_the_adapter(method, base, tmp_path, capsys):
+    """`lmforge generate --adapter` and the scoring layer under `eval` (a pass without a
+    cache, and continuations scored from a plain KV cache) use the adapter."""
+    from lmforge.score import loglikelihood, token_logprobs
+
+    save_adapter(tmp_path / "a", adapt(tiny(), method), method, base["base"])
+    argv = ["generate", "--model", base["ckpt"], "--prompt", "abc", "--max-tokens", "6",
+            "--temperature", "0"]
+    assert main(argv + ["--adapter", str(tmp_path / "a")]) == 0
+    lm = lmforge.load(base["ckpt"], adapter=tmp_path / "a")
+    config = lmforge.GenerationConfig(max_tokens=6, temperature=0)
+    assert capsys.readouterr().out == lm.engine.generate([TOKENIZER.encode("abc")],
+                                                         config)[0].text + "\n"
+    context, cont = TOKENIZER.encode("to be or"), TOKENIZER.encode(" not to be")
+    whole = token_logprobs(lm.model, context + cont, prefix=len(context))
+    cached = loglikelihood(lm.model, context, [cont])[0]
+    assert cached.logprob == pytest.approx(whole.total(), abs=1e-4)
+    plain = token_logprobs(lmforge.load(base["ckpt"]).model, context + cont,
+                           prefix=len(context))
+    assert abs(plain.total() - whole.total()) > 1e-2
