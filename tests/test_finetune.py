@@ -121,15 +121,15 @@ def test_feature_cache_is_hit_the_second_time(tiny, wordpiece, sst2_files, tmp_p
 def test_probe_on_real_features_beats_chance_and_draws_the_layers(tmp_path):
     train = (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()
     dev = (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()
-    (tmp_path / "train.tsv").write_text("\n".join(train[:401]) + "\n", encoding="utf-8")
-    (tmp_path / "dev.tsv").write_text("\n".join(dev[:201]) + "\n", encoding="utf-8")
+    (tmp_path / "train.tsv").write_text("\n".join(train[:201]) + "\n", encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text("\n".join(dev[:101]) + "\n", encoding="utf-8")
     out = tmp_path / "out"
     result = probe_task("minilm", str(tmp_path / "train.tsv"), "0,6", out,
                         eval_data=str(tmp_path / "dev.tsv"), cache_dir=tmp_path / "cache",
                         max_len=64, progress=False)
     by_layer = {r.layer: r.eval_acc for r in result.results}
-    print(f"minilm probe, 400 SST-2 train rows, 200 dev rows: {by_layer}")
-    assert by_layer[6] > max(result.chance, 0.5) + 0.15  # measured 0.80 vs chance 0.5x
+    print(f"minilm probe, 200 SST-2 train rows, 100 dev rows: {by_layer}")
+    assert by_layer[6] > max(result.chance, 0.5) + 0.1  # measured 0.72 (layer 0: 0.70)
     assert (out / "probe_layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["layer"] for r in json.loads((out / "probe.json").read_text())["layers"]] == [0, 6]
 
@@ -224,3 +224,19 @@ def test_clear_errors(tiny, sst2_files, tmp_path, capsys):
     assert "unknown setting" in capsys.readouterr().err
     assert main([*base, "--method", "full", "--set", "max_len=long"]) == 2
     assert "expected int" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_probe_with_last_token_pooling(tmp_path):
+    """The decoder path on the real model: last-token features of SmolLM2's middle and last
+    layers, probed on 300 SST-2 training rows, scored on 200 dev rows."""
+    train = (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()
+    dev = (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.tsv").write_text("\n".join(train[:301]) + "\n", encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text("\n".join(dev[:201]) + "\n", encoding="utf-8")
+    result = probe_task("smollm2", str(tmp_path / "train.tsv"), "15,30", tmp_path / "out",
+                        eval_data=str(tmp_path / "dev.tsv"), cache_dir=tmp_path / "cache",
+                        max_len=64, progress=False)
+    by_layer = {r.layer: r.eval_acc for r in result.results}
+    print(f"smollm2 last-token probe, 300 train / 200 dev: {by_layer}")
+    assert max(by_layer.values()) > max(result.chance, 0.5) + 0.1
