@@ -142,12 +142,14 @@ def encode(tokenizer: Tokenizer, config: ModelConfig, data: Labelled, max_len: i
     """Tokenize every text as the model reads one sentence, truncated to `max_len`."""
     max_len = min(max_len, config.max_seq_len)
     rows, types = [], []
-    for text in data.texts:
+    for i, text in enumerate(data.texts):
         if config.causal:
-            ids = tokenizer.encode(text, parse_special=False) or [0]
+            ids = tokenizer.encode(text, parse_special=False)
             tt = [0] * len(ids)
         else:
             ids, tt = sentence_ids(tokenizer, text)
+        if not ids:
+            raise LmforgeError(f"text {i} ({text!r}) gives no tokens; remove it from the data")
         rows.append(truncate(ids, max_len, not config.causal))
         types.append(truncate(tt, max_len, not config.causal))
     return Encoded(rows, types, torch.tensor(data.labels, dtype=torch.long))
