@@ -18,8 +18,13 @@ from lmforge.adapt.adapter import CONFIG_FILE, AdapterBase, read_adapter, save_a
 from lmforge.adapt.classifier import classify
 from lmforge.adapt.finetune import finetune
 from lmforge.adapt.labeled import read_labelled
-from lmforge.adapt.prompt_tuning import attach_prompt, init_prompt, prompt_prefix
-from lmforge.adapt.ptuning2 import attach_ptuning, export, fold_prefix
+from lmforge.adapt.prompt_tuning import (
+    attach_prompt,
+    init_prompt,
+    prompt_prefix,
+    remove_prompt,
+)
+from lmforge.adapt.ptuning2 import attach_ptuning, export, fold_prefix, remove_ptuning
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
 from lmforge.generate.engine import Engine
@@ -184,6 +189,10 @@ def test_only_the_adapter_trains_and_the_base_stays_bit_identical(method, repara
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert all(not torch.equal(p, trained[n]) for n, p in model.named_parameters()
                if n in trained)
+    (remove_prompt if method == "prompt" else remove_ptuning)(model)
+    assert model.state_dict().keys() == before.keys()
+    with torch.no_grad():  # the plain model again
+        torch.testing.assert_close(model.eval()(ids), tiny()(ids), atol=0, rtol=0)
 
 
 # --- the adapter directory ----------------------------------------------------------------

@@ -109,8 +109,9 @@ def prompted_hidden(inner, ids: torch.Tensor | None = None, *,
     if cache is not None:  # a decoder's cache pass reads the prompt's keys and values
         kv = getattr(model, PREFIX_ATTR, None)
         if kv is None:
-            raise LmforgeError("a prompt-tuned model reads a KV cache through its prompt's "
-                               "keys and values: call prompt_prefix(model) first (a decoder)")
+            raise LmforgeError(
+                f"a prompt-tuned {model.config.family} reads a KV cache through its prompt's "
+                "keys and values, which only a decoder has (call prompt_prefix(model) on one)")
         return inner(ids, embeds=embeds, cache=prefixed_store(kv, cache), keep=keep,
                      token_types=token_types, **rest)
     x = model.embed(ids) if embeds is None else embeds
@@ -153,10 +154,11 @@ def attach_prompt(model: Transformer, weight: torch.Tensor, settings: dict | Non
 
 @torch.no_grad()
 def prompt_prefix(model: Transformer) -> PrefixKV | None:
-    """Compute the soft prompt's keys and values in every layer of a causal model (its
-    tokens see only each other, so they are fixed) and attach them as the frozen `PrefixKV`
-    generation writes into the KV cache; None (nothing attached) for an encoder."""
-    if not model.config.causal:
+    """Compute the soft prompt's keys and values in every layer of a decoder (its tokens see
+    only each other, so they are fixed) and attach them as the frozen `PrefixKV` generation
+    writes into the KV cache; None (nothing attached) for other families, whose prompt
+    tokens also read the text."""
+    if model.config.family != "decoder":
         return None
     P = soft_prompt(model).weight
     recorder = Recorder(P.shape[0], P.device)
