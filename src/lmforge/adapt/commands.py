@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "metrics.jsonl, loss.png) and writes OUT/results.json, OUT/adapter/ (the "
                     "head) and, for full, OUT/model/. Settings: docs/adaptation.md.")
     f.add_argument("--model", required=True, help="a built-in name, .gguf, or model directory")
-    f.add_argument("--method", required=True, help="full, probe (prompt, ptuning2, lora: coming)")
+    f.add_argument("--method", required=True, help="full, probe, prompt, ptuning2 (lora: coming)")
     f.add_argument("--task", default="seqcls", help="seqcls: sequence classification")
     f.add_argument("--data", required=True, help="training file: .tsv, .csv or .jsonl")
     f.add_argument("--eval-data", default=None, help="a labelled file scored during and "
