@@ -19,9 +19,10 @@ from lmforge.errors import LmforgeError
 from lmforge.segment import bmes, oov, windows
 from lmforge.segment.bmes import ALLOWED, ENDS, STARTS, TAGS, tags_of, valid, viterbi, words_of
 from lmforge.segment.corpus import load_config
+from lmforge.segment.dictionary import Dictionary
 from lmforge.segment.oov import oov_recall
-from lmforge.segment.tagger import load_tagger, train_tagger
-from lmforge.segment.windows import fullwidth, spans
+from lmforge.segment.tagger import char_tokenizer, load_tagger, train_tagger
+from lmforge.segment.windows import Tagged, TagRows, fullwidth, match_bits, spans
 
 MSR = SHARED_DATA / "icwb2-msr"
 HAN = st.characters(min_codepoint=0x4E00, max_codepoint=0x4E60)
@@ -95,6 +96,34 @@ def test_fullwidth():
     assert fullwidth("a1, 中") == "ａ１，\u3000中"
 
 
+FOUR = st.sampled_from("甲乙丙丁")
+
+
+@given(st.text(FOUR, max_size=12), st.lists(st.text(FOUR, min_size=1, max_size=5), min_size=1,
+                                             max_size=8))
+def test_match_bits_by_definition(text, words):
+    d = Dictionary(words)
+    expect = [0] * len(text)
+    for i in range(len(text)):
+        for j in range(i + 1, len(text) + 1):
+            if text[i:j] in d.words:
+                k = min(j - i, 4) - 1
+                expect[i] |= 1 << k
+                expect[j - 1] |= 1 << (4 + k)
+    assert match_bits(text, d) == expect
+
+
+def test_dictionary_rows_hide_words_at_the_oov_rate():
+    words = ["甲乙", "丙丁"]  # no word contains another: a hidden word leaves no bits
+    tok = char_tokenizer(words, 1)
+    gen = torch.Generator().manual_seed(0)
+    for rate, hidden in ((0.0, False), (1.0, True)):
+        rows = TagRows(Tagged([], [], []), tok, words, 8, 1.0, Dictionary(words), rate)
+        batch = rows(gen, 4)
+        assert batch["labels"].shape == batch["bits"].shape
+        assert bool((batch["bits"] == 0).all()) == hidden
+
+
 def test_oov_recall_counts_only_missing_words_and_skips_bad_lines():
     gold = ["张三 去 北京", "李四 来", "王五"]
     pred = ["张 三 去 北京", "李四 来", "王六"]  # the last line's characters differ
@@ -115,7 +144,7 @@ def msr_slice(tmp_path_factory):
     return d
 
 
-def write_config(d, out: str, steps: int, d_model: int = 32) -> str:
+def write_config(d, out: str, steps: int, d_model: int = 32, features: bool = True) -> str:
     (d / f"{out}.toml").write_text(f"""
 [model]
 d_model = {d_model}
@@ -127,6 +156,7 @@ gold = ["train.txt"]
 max_len = 32
 dict_share = 0.2
 val_every = 10
+dict_features = {str(features).lower()}
 [train]
 out_dir = "{out}"
 batch_size = 16
@@ -168,6 +198,13 @@ def test_resume_is_exact(msr_slice):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(LmforgeError, match="--resume"):
         train_tagger(paused, progress=False)
+
+
+def test_tagger_without_dictionary_features(msr_slice):
+    run = train_tagger(write_config(msr_slice, "plain", 6, 16, features=False), progress=False)
+    tagger = load_tagger(run)
+    assert tagger.dictionary is None and "bits" not in tagger.heads
+    assert "".join(tagger.segment(["希腊的经济结构较特殊。"])[0]) == "希腊的经济结构较特殊。"
 
 
 def test_cli_segment_with_model_and_score(tiny_run, msr_slice, tmp_path, capsys):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lmforge import strict
 from lmforge.errors import LmforgeError
-from lmforge.segment.dictionary import Dictionary, read_words
+from lmforge.segment.dictionary import Dictionary
 from lmforge.segment.maxmatch import segment
 from lmforge.segment.score import read_lines
 from lmforge.segment.windows import fullwidth
@@ -44,12 +44,14 @@ class TaggerSettings:
     dict_share: float = 0.5  # share of training rows drawn from the dictionary
     val_every: int = 20  # every n-th sentence is held out for validation (0: none)
     min_count: int = 2  # characters seen fewer times are [UNK]
+    dict_features: bool = True  # add each character's dictionary matches to its embedding
+    oov_rate: float = 0.15  # dictionary rows: share of words shown as out-of-vocabulary
 
     def validate(self) -> None:
         if self.max_len < 2:
             raise LmforgeError("tagger.max_len must be at least 2 characters")
-        if not 0 <= self.dict_share <= 1:
-            raise LmforgeError("tagger.dict_share must be between 0 and 1")
+        if not (0 <= self.dict_share <= 1 and 0 <= self.oov_rate <= 1):
+            raise LmforgeError("tagger.dict_share and tagger.oov_rate must be between 0 and 1")
         if self.dict_share < 1 and not (self.gold or self.raw):
             raise LmforgeError("the tagger has no sentences: give tagger.gold (segmented "
                                "files) or tagger.raw (text to label by maximum matching), "
@@ -120,20 +122,18 @@ def raw_texts(path: str, column: str) -> list[str]:
     return [r[column] for r in rows]
 
 
-def training_sentences(s: TaggerSettings) -> tuple[list[str], list[list[str]], dict]:
-    """The dictionary words, the segmented sentences, and a record of their sources."""
-    words = read_words(s.dict)
+def training_sentences(s: TaggerSettings, words: list[str], dictionary: Dictionary
+                       ) -> tuple[list[list[str]], dict]:
+    """The segmented sentences and a record of their sources."""
     sentences: list[list[str]] = []
     sources: dict = {"dict": {"path": s.dict, "words": len(words)}, "gold": {}, "raw": {}}
     for g in s.gold:
         lines = [line.split() for line in read_lines(g, "tagger.gold")]
         sources["gold"][g] = len(lines)
         sentences += lines
-    if s.raw:
-        dictionary = Dictionary(words)
-        for r in s.raw:
-            texts = [fullwidth(t) for t in raw_texts(r["path"], r["field"])]
-            sentences += [segment(t, dictionary, "bimm") for t in texts]
-            sources["raw"][r["path"]] = {"field": r["field"], "texts": len(texts),
-                                        "chars": sum(map(len, texts))}
-    return words, [x for x in sentences if x], sources
+    for r in s.raw:
+        texts = [fullwidth(t) for t in raw_texts(r["path"], r["field"])]
+        sentences += [segment(t, dictionary, "bimm") for t in texts]
+        sources["raw"][r["path"]] = {"field": r["field"], "texts": len(texts),
+                                    "chars": sum(map(len, texts))}
+    return [x for x in sentences if x], sources

@@ -18,8 +18,10 @@ B/M/E/S-constrained Viterbi search (`bmes.viterbi`), so the output is always a s
 words that join back into the line.
 
 A run directory is a tagger's when it holds `tagger.json` (format `lmforge-tagger/1`: the
-tags, the window length and the settings); the head is the objective's head, kept in the
-checkpoint's training state (`train_state.pt`, "heads").
+tags, the window length, the settings); the heads (the tag head and the dictionary
+features' map) are the objective's, kept in the checkpoint's training state
+(`train_state.pt`, "heads"). A tagger trained with dictionary features reads its dictionary
+(tagger.dict) again when it segments.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.interop.checkpoint import load_checkpoint, resolve_run
@@ -40,8 +43,18 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.segment.bmes import TAGS, viterbi, words_of
 from lmforge.segment.corpus import TaggerSettings, load_config, training_sentences
-from lmforge.segment.tokcls import TokenCls, TokenHead, tag_logits
-from lmforge.segment.windows import TagRows, char_ids, fullwidth, spans, tagged_rows
+from lmforge.segment.dictionary import Dictionary, read_words
+from lmforge.segment.tokcls import TokenCls, tag_logits
+from lmforge.segment.windows import (
+    N_BITS,
+    TagRows,
+    char_ids,
+    fullwidth,
+    match_bits,
+    pad_rows,
+    spans,
+    tagged_rows,
+)
 from lmforge.tokenizers.char import CharTokenizer
 from lmforge.train import distributed
 from lmforge.train.loop import run_steps
@@ -83,14 +96,17 @@ class TagData:
 
 def tag_data(s: TaggerSettings) -> TagData:
     """The tokenizer and the training and validation samplers of the settings."""
-    words, sentences, sources = training_sentences(s)
+    words = read_words(s.dict)
+    dictionary = Dictionary(words)
+    sentences, sources = training_sentences(s, words, dictionary)
+    bits = dictionary if s.dict_features else None
     tokenizer = char_tokenizer([*words, *("".join(x) for x in sentences)], s.min_count)
     held = set(range(0, len(sentences), s.val_every)) if s.val_every else set()
     train = [x for i, x in enumerate(sentences) if i not in held]
     val = [x for i, x in enumerate(sentences) if i in held] or train
-    rows = [tagged_rows(tokenizer, part, s.max_len) for part in (train, val)]
-    return TagData(tokenizer, *(TagRows(r, tokenizer, words, s.max_len, s.dict_share)
-                                for r in rows), sources)
+    rows = [tagged_rows(tokenizer, part, s.max_len, bits) for part in (train, val)]
+    return TagData(tokenizer, *(TagRows(r, tokenizer, words, s.max_len, s.dict_share, bits,
+                                        s.oov_rate) for r in rows), sources)
 
 
 def train_tagger(config: str | Path, overrides: list[str] = (), resume: bool = False,
@@ -110,7 +126,8 @@ def train_tagger(config: str | Path, overrides: list[str] = (), resume: bool = F
     data = tag_data(s)
     torch.manual_seed(t.seed)
     model = build_model(run.model, data.tokenizer.vocab_size, s.max_len, t.seed)
-    task = ObjectiveModel(model, TokenCls(len(TAGS))).to(world.device)
+    task = ObjectiveModel(model, TokenCls(len(TAGS), N_BITS if s.dict_features else 0))
+    task.to(world.device)
     gen = torch.Generator().manual_seed(t.seed)
     saved = restore(task, gen, run_dir, None, world) if resume else None
     precision = Precision(t.dtype, world.device)
@@ -121,7 +138,8 @@ def train_tagger(config: str | Path, overrides: list[str] = (), resume: bool = F
         precision.load_state_dict(saved.get("scaler", {}))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / META, json.dumps(
-        {"format": FORMAT, "tags": TAGS, "max_len": s.max_len, "model": model.config.to_dict(),
+        {"format": FORMAT, "tags": TAGS, "max_len": s.max_len, "n_bits": task.objective.n_bits,
+         "model": model.config.to_dict(),
          "tagger": asdict(s), "train": asdict(t), "sources": data.sources},
         indent=2, ensure_ascii=False) + "\n")
     step = saved["step"] if saved else 0
@@ -136,12 +154,14 @@ def train_tagger(config: str | Path, overrides: list[str] = (), resume: bool = F
 
 @dataclass
 class Tagger:
-    """A trained tagger: model, head, tokenizer and window length."""
+    """A trained tagger: model, heads (the tag head, and the dictionary features' map when
+    it was trained with them, then with its `dictionary`), tokenizer and window length."""
 
     model: Transformer
-    head: TokenHead
+    heads: nn.ModuleDict
     tokenizer: CharTokenizer
     max_len: int
+    dictionary: Dictionary | None
 
     @torch.inference_mode()
     def tag(self, texts: list[str], batch_size: int = 256) -> list[str]:
@@ -154,12 +174,10 @@ class Tagger:
             if not index:
                 continue
             rows = [char_ids(self.tokenizer, texts[i]) for i in index]
+            bits = [match_bits(texts[i], self.dictionary) if self.dictionary else []
+                    for i in index]
             lengths = torch.tensor([len(r) for r in rows])
-            ids = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
-            for r, row in enumerate(rows):
-                ids[r, :len(row)] = torch.tensor(row)
-            mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
-            logits = tag_logits(self.model, self.head, ids, mask)
+            logits = tag_logits(self.model, self.heads, pad_rows(rows, None, bits, pad))
             for i, tags in zip(index, viterbi(logits.log_softmax(-1), lengths), strict=True):
                 out[i] = tags
         return out
@@ -210,7 +228,9 @@ def load_tagger(run_dir: str | Path) -> Tagger:
     config, weights, tokenizer = load_checkpoint(checkpoint)
     model = Transformer(config)
     model.load_state_dict(weights)
-    heads = torch.load(checkpoint / "train_state.pt", weights_only=True)["heads"]
-    head = TokenHead(config.d_model, len(meta["tags"]))
-    head.load_state_dict({k.removeprefix("head."): v.float() for k, v in heads.items()})
-    return Tagger(model.eval(), head.eval(), tokenizer, meta["max_len"])
+    state = torch.load(checkpoint / "train_state.pt", weights_only=True)["heads"]
+    settings = meta["tagger"]
+    heads = nn.ModuleDict(TokenCls(len(meta["tags"]), meta["n_bits"]).heads(config))
+    heads.load_state_dict({k: v.float() for k, v in state.items()})
+    dictionary = Dictionary.load(settings["dict"]) if meta["n_bits"] else None
+    return Tagger(model.eval(), heads.eval(), tokenizer, meta["max_len"], dictionary)

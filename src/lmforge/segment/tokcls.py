@@ -3,10 +3,11 @@
     logits_t = W h_t + b,   L = −(1/N) Σ_{t scored} log softmax(logits_t)[y_t]
 
 over the N positions whose label is not `IGNORE` (padding). The head is one linear layer
-(BERT's token-classification head, Devlin et al., 2019, §4.3). `TokenCls` is a trainer
-objective (`objectives/registry.py: Objective`): its batches come from tagged rows, not from
-a token stream, so its trainer is assembled by the task (the B/M/E/S tagger:
-`segment/tagger.py`), as fine-tuning's is (`adapt/finetune.py`).
+(BERT's token-classification head, Devlin et al., 2019, §4.3). Optional binary features per
+token (`BitFeatures`, such as the tagger's dictionary matches) are added to the embeddings.
+`TokenCls` is a trainer objective (`objectives/registry.py: Objective`): its batches come
+from tagged rows, not from a token stream, so its trainer is assembled by the task (the
+B/M/E/S tagger: `segment/tagger.py`), as fine-tuning's is (`adapt/finetune.py`).
 """
 
 from __future__ import annotations
@@ -35,11 +36,30 @@ class TokenHead(nn.Module):
         return self.proj(h)
 
 
-def tag_logits(model: Transformer, head: nn.Module, ids: torch.Tensor,
-               attention_mask: torch.Tensor) -> torch.Tensor:
-    """Scores (B, T, n_tags) in fp32 of right-padded rows `ids` (B, T)."""
-    h = model.hidden(ids, attention_mask=attention_mask)
-    return head(h).float()
+class BitFeatures(nn.Module):
+    """Binary token features (packed as the bits of one integer per token) mapped to the
+    model's width and added to the token embeddings: e_t = E[id_t] + W bits_t."""
+
+    def __init__(self, n_bits: int, d_model: int) -> None:
+        super().__init__()
+        self.n_bits = n_bits
+        self.proj = nn.Linear(n_bits, d_model, bias=False)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        bits = (packed.unsqueeze(-1) >> torch.arange(self.n_bits, device=packed.device)) & 1
+        return self.proj(bits.to(self.proj.weight.dtype))
+
+
+def tag_logits(model: Transformer, heads: nn.Module, batch: batches.Batch) -> torch.Tensor:
+    """Scores (B, T, n_tags) in fp32 of right-padded rows: `batch` holds ids (B, T),
+    attention_mask (B, T) and, when `heads` has features, their packed bits (B, T)."""
+    ids, mask = batch["ids"], batch["attention_mask"]
+    if hasattr(heads, "bits"):
+        embeds = model.embed(ids) + heads.bits(batch["bits"])
+        h = model.hidden(embeds=embeds, attention_mask=mask)
+    else:
+        h = model.hidden(ids, attention_mask=mask)
+    return heads.head(h).float()
 
 
 class TokenCls(Objective):
@@ -48,8 +68,8 @@ class TokenCls(Objective):
 
     name, families = "tokcls", ("encoder",)
 
-    def __init__(self, n_tags: int) -> None:
-        self.n_tags = n_tags
+    def __init__(self, n_tags: int, n_bits: int = 0) -> None:
+        self.n_tags, self.n_bits = n_tags, n_bits
 
     def sampler(self, tokens: np.ndarray, inputs: SamplerInputs) -> batches.Sampler:
         raise LmforgeError("tokcls batches come from tagged rows, not a token stream: train "
@@ -59,11 +79,14 @@ class TokenCls(Objective):
         return int((batch["labels"] != IGNORE).sum())
 
     def heads(self, config: ModelConfig) -> dict[str, nn.Module]:
-        return {"head": TokenHead(config.d_model, self.n_tags)}
+        heads: dict[str, nn.Module] = {"head": TokenHead(config.d_model, self.n_tags)}
+        if self.n_bits:
+            heads["bits"] = BitFeatures(self.n_bits, config.d_model)
+        return heads
 
     def losses(self, task: nn.Module, batch: batches.Batch) -> Losses:
         labels = batch["labels"]
-        logits = tag_logits(task.model, task.head, batch["ids"], batch["attention_mask"])
+        logits = tag_logits(task.model, task, batch)
         scored = labels != IGNORE
         right = (logits.argmax(-1) == labels) & scored
         return {"loss": F.cross_entropy(logits[scored], labels[scored]),
