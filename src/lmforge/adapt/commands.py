@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", default="", help="the evaluation file of a file task")
     p.add_argument("--layers", default="all", help="all, or layer numbers like 0,3,6 "
                                                    "(0: embeddings)")
-    p.add_argument("--pooling", default="", choices=["", "cls", "mean", "last"],
+    p.add_argument("--pooling", default=None, choices=["cls", "mean", "last"],
                    help="default: mean for encoders, last for decoders")
     p.add_argument("--train-subset", type=int, default=0,
                    help="probe on this many training examples drawn with --seed (0: all)")
@@ -93,7 +93,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_probe(args: argparse.Namespace) -> None:
     from lmforge.adapt.probe import probe_task
 
-    run = probe_task(args.model, args.task, args.layers, args.out, pooling=args.pooling,
+    run = probe_task(args.model, args.task, args.layers, args.out, pooling=args.pooling or "",
                      eval_data=args.eval_data, train_subset=args.train_subset,
                      subset_seed=args.seed, max_len=args.max_len, cache_dir=args.cache_dir,
                      head_hidden=args.head_hidden, l2=args.l2, text_column=args.text_column,
