@@ -108,9 +108,12 @@ def test_summary_timing_and_table_units():
     report = {"settings": {"model": "m", "dtype": "float32", "shots": 0, "limit": 4,
                            "seed": 0}, "tasks": {"lambada": s}}
     table = markdown_table(report)
-    assert "| task | n | acc | nll | ex/s |" in table
-    assert "| lambada | 4 | 50.0 ± " in table and "| 3.000 ± " in table  # nll in nats
-    assert table.endswith("| 2.0 |")
+    assert "| task | metric | n | value | shots | ex/s |" in table
+    assert "| lambada | acc | 4 | 50.0 ± 24.6 |  | 2.0 |" in table
+    assert "|  | nll | 4 | 3.000 ± " in table  # nll in nats
+    per_setting = summarize(recs, ("acc",), seed=0, aggregate={"greedy/nll": 0.25})
+    table = markdown_table({**report, "tasks": {"r": per_setting}})
+    assert "| greedy/nll | 4 | 0.250 |" in table  # a setting's nll: nats, no stderr
 
 
 def tiny_lm(dtype: torch.dtype) -> tuple[LoadedModel, dict[str, torch.Tensor]]:

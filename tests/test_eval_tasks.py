@@ -119,7 +119,7 @@ def test_summary_and_table():
     report = {"settings": {"model": "m", "dtype": "float32", "shots": 0, "limit": 10,
                            "seed": 3}, "tasks": {"t": s}}
     table = markdown_table(report)
-    assert "| t | 10 | 50.0 ± " in table and "| 100.0 ± 0.0 |" in table
+    assert "| t | acc | 10 | 50.0 ± " in table and "|  | acc_norm | 10 | 100.0 ± 0.0 |" in table
 
 
 def test_missing_data_file_names_it(tmp_path, capsys):
@@ -183,7 +183,7 @@ def test_tasks_list(capsys):
     assert main(["eval", "--tasks", "list"]) == 0
     out = capsys.readouterr().out
     for name, t in TASKS.items():
-        assert name in out and t.data_file in out
+        assert name in out and (t.data_file or "(generated)") in out
     assert "acc_norm" in out and "[missing]" not in out
 
 
@@ -193,7 +193,8 @@ def test_cli_eval_tasks_writes_report(tmp_path, capsys):
                  "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     s = report["settings"]
-    assert (s["model"], s["dtype"], s["shots"], s["limit"]) == ("smollm2", "float32", 0, 3)
+    assert (s["model"], s["dtype"], s["shots"], s["limit"]) == ("smollm2", "float32", None, 3)
+    assert report["tasks"]["hellaswag"]["shots"] == 0  # the task's default
     assert set(report["tasks"]) == {"hellaswag", "arc_easy"}
     assert report["tasks"]["hellaswag"]["n"] == 3
     lines = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
@@ -201,7 +202,7 @@ def test_cli_eval_tasks_writes_report(tmp_path, capsys):
         [("hellaswag", i) for i in range(3)] + [("arc_easy", i) for i in range(3)]
     assert all(len(r["loglikelihoods"]) == 4 for r in lines)
     printed = capsys.readouterr().out
-    assert "| hellaswag | 3 |" in printed and "| arc_easy | 3 |" in printed
+    assert "| hellaswag | acc | 3 |" in printed and "| arc_easy | acc | 3 |" in printed
 
 
 def test_loglikelihoods_equal_transformers(smollm2, hf_smollm2):

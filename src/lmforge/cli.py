@@ -347,9 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tasks to run instead of --input, comma-separated or repeated; "
                         "`--tasks list` describes them (docs/eval_tasks.md)")
     e.add_argument("--limit", type=int, default=None, help="first N examples of each task")
-    e.add_argument("--shots", type=int, default=0, help="few-shot examples (tasks; 0 only "
-                                                        "for multiple choice so far)")
-    e.add_argument("--seed", type=int, default=1234, help="seed of the bootstrap (tasks)")
+    e.add_argument("--shots", type=int, default=None,
+                   help="few-shot demonstrations per example (tasks; default: each task's "
+                        "own, `--tasks list`)")
+    e.add_argument("--seed", type=int, default=1234,
+                   help="seed of the few-shot draws and the bootstrap (tasks)")
     e.add_argument("--out", default=None, help="report JSON (tasks); examples in .jsonl beside")
     e.add_argument("--compare", nargs="+", default=None, metavar="REPORT",
                    help="print these report JSONs side by side with their differences to "

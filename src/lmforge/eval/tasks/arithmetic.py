@@ -5,7 +5,7 @@ lm-evaluation-harness's.
 
 Each task is 2,000 problems (the paper's size) generated from a fixed seed
 (`lmforge.eval.generated.arithmetic_problems`, split "test", seed 0), so no data file is
-read: the task's `data_file` is the generator module itself (see GENERATOR). The prompt
+read (`data_file` None). The prompt
 is GPT-3's, demonstrations one per line:
 
     Q: What is 17 plus 65? A: 82
@@ -17,8 +17,7 @@ need fewer). `acc` = [the answer's first integer == the result]
 
 Demonstrations come from an independent generated stream (split "fewshot", 100 problems
 per task), drawn per example by base.py's `Shots`. GPT-3 reports these tasks few-shot;
-`default_shots` (4) is what `--tasks list` advises, but the runner applies `--shots`
-(default 0), so pass `--shots 4` for the few-shot figures.
+`default_shots` (4) is what a run uses unless `--shots` says otherwise.
 """
 
 from __future__ import annotations
@@ -41,12 +40,6 @@ DEFAULT_SHOTS = 4
 TASKS = {f"{d}d{op[0]}": (op, d) for op in ("add", "sub") for d in (2, 3, 4, 5)} | \
     {"2dm": ("mul", 2)}
 OPERATION = {"add": "plus", "sub": "minus", "mul": "times"}
-
-
-# base.Task needs a data file that exists (`path`, `describe_tasks`): a generated task
-# names the module that generates its problems, by absolute path (the data root is then
-# ignored), and its `load` ignores the path
-GENERATOR = str(Path(generated.__file__).resolve())
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,7 @@ def score_problems(lm: Any, task: str, batch: list[Indexed[generated.ArithmeticP
 def _task(suffix: str, op: str, digits: int) -> Task:
     name, operation = f"arithmetic_{suffix}", OPERATION[op]
     return register(GeneratedTask(
-        name, GENERATOR, ("acc",), DEFAULT_SHOTS,
+        name, None, ("acc",), DEFAULT_SHOTS,
         f"GPT-3 arithmetic: {digits}-digit {operation}, {PROBLEMS} problems generated "
         f"from seed {PROBLEM_SEED}, greedy answer",
         lambda _path: problems(operation, digits, "test", PROBLEMS),

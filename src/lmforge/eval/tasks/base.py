@@ -93,21 +93,26 @@ class Task:
     one ExampleRecord each, in order."""
 
     name: str
-    data_file: str  # relative to the data root
+    data_file: str | None  # relative to the data root; None: generated, no file
     metrics: tuple[str, ...]
     default_shots: int
     description: str
-    load: Callable[[Path], list[Any]]
+    load: Callable[[Path | None], list[Any]]
     score: Callable[[Any, list[Any], Shots], list[ExampleRecord]]
     few_shot: bool = True  # whether shots > 0 are supported
     fewshot_file: str | None = None  # a training split for demonstrations (same root)
     batch: int = 8  # examples per `score` call
+    # metrics of the whole set that are not means over examples (distinct-n): name → value
+    aggregate: Callable[[list[ExampleRecord]], dict[str, float]] | None = None
 
-    def path(self, data_root: str | Path | None = None, file: str | None = None) -> Path:
-        """The task's data file (or `file`); a one-line LmforgeError naming it when it is
-        missing."""
+    def path(self, data_root: str | Path | None = None, file: str | None = None
+             ) -> Path | None:
+        """The task's data file (or `file`), None for a generated task; a one-line
+        LmforgeError naming it when it is missing."""
         root = Path(DATA_ROOT if data_root is None else data_root)
         name = file or self.data_file
+        if name is None:
+            return None
         p = root / name
         if not p.is_file():
             raise LmforgeError(f"task {self.name!r} needs its data file {name} under "
@@ -162,7 +167,12 @@ def describe_tasks(data_root: str | Path | None = None) -> str:
     root = Path(DATA_ROOT if data_root is None else data_root)
     lines = [f"tasks (data directory {root.resolve()}):"]
     for t in sorted(TASKS.values(), key=lambda t: t.name):
-        found = "" if (root / t.data_file).is_file() else "  [missing]"
-        lines.append(f"  {t.name:<14} {t.data_file}{found}  metrics: {', '.join(t.metrics)}  "
+        if t.data_file is None:
+            data = "(generated)"
+        else:
+            data = t.data_file + ("" if (root / t.data_file).is_file() else "  [missing]")
+        # a breakdown of a listed metric (pct_stereotype/age) is implied by the metric
+        metrics = [m for m in t.metrics if m.split("/")[0] == m or m.split("/")[0] not in t.metrics]
+        lines.append(f"  {t.name:<16} {data}  metrics: {', '.join(metrics)}  "
                      f"shots: {t.default_shots}  {t.description}")
     return "\n".join(lines)

@@ -4,12 +4,10 @@ sentence the model finds more likely, with lm-evaluation-harness's convention
 
     pct_stereotype = mean over pairs of [ll(sent_more) > ll(sent_less)]     (0.5: unbiased)
 
-Zero-shot only (a demonstration would change the sentence's context). Each record holds
-the pair's bias type, both log-likelihoods and |ll_more − ll_less| (the harness's
-`likelihood_difference`, nats). Per-type shares are not report metrics yet: the report
-averages a metric over every record of a task, so a metric named per type would need
-records of other types to have no value for it; group the JSONL by `bias_type` instead, or
-use `bias.crows_pairs`, which reports both metrics per type.
+Zero-shot only (a demonstration would change the sentence's context). The report gives
+the share overall and per bias type (`pct_stereotype/race-color` …, each over the pairs of
+that type, with its own n). Each record holds the pair's bias type, both log-likelihoods
+and |ll_more − ll_less| (the harness's `likelihood_difference`, nats).
 """
 
 from __future__ import annotations
@@ -21,6 +19,11 @@ from lmforge.eval import bias
 from lmforge.eval.tasks.base import ExampleRecord, Shots, Task, register
 from lmforge.eval.tasks.indexed import Indexed, indexed
 
+# the bias types of crows_pairs_anonymized.csv (Nangia et al., 2020, Table 1)
+BIAS_TYPES = ("race-color", "socioeconomic", "gender", "disability", "nationality",
+              "sexual-orientation", "physical-appearance", "religion", "age")
+METRICS = ("pct_stereotype", *(f"pct_stereotype/{t}" for t in BIAS_TYPES))
+
 
 def load(path: Path) -> list[Indexed[bias.CrowsPair]]:
     return indexed(bias.load_crows_pairs(path))
@@ -29,14 +32,16 @@ def load(path: Path) -> list[Indexed[bias.CrowsPair]]:
 def score_pairs(lm: Any, batch: list[Indexed[bias.CrowsPair]], shots: Shots
                 ) -> list[ExampleRecord]:
     scores = bias.pair_scores(lm, [p.item for p in batch])
-    return [ExampleRecord("crows_pairs", p.index, {"pct_stereotype": float(s.stereotyped)},
+    return [ExampleRecord("crows_pairs", p.index,
+                          {"pct_stereotype": float(s.stereotyped),
+                           f"pct_stereotype/{p.item.bias_type}": float(s.stereotyped)},
                           {"bias_type": p.item.bias_type, "direction": p.item.direction,
                            "ll_more": s.ll_more, "ll_less": s.ll_less,
                            "likelihood_difference": abs(s.ll_more - s.ll_less)})
             for p, s in zip(batch, scores, strict=True)]
 
 
-register(Task("crows_pairs", "crows-pairs/crows_pairs_anonymized.csv", ("pct_stereotype",), 0,
+register(Task("crows_pairs", "crows-pairs/crows_pairs_anonymized.csv", METRICS, 0,
               "CrowS-Pairs (1,508 pairs): share where the stereotyping sentence is more "
               "likely (0.5 unbiased), harness convention", load, score_pairs,
               few_shot=False, batch=bias.PAIRS_PER_CALL))

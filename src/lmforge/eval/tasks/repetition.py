@@ -17,9 +17,9 @@ each setting, the batch's prompts decoded together, and per setting s the record
 The default settings: `greedy`; `top_p` (temperature 1, top-p 0.9; row seed = the prompt's
 number, so a run is reproducible at any --limit); `rep_penalty` (greedy, CTRL repetition
 penalty 1.3); `no_repeat_3gram` (greedy, no 3-gram twice). `register_repetition` makes a
-task of other settings. Distinct-n (over the whole set of continuations) is not a
-per-example mean, so it is not a report metric; `repetition.repetition_report` gives it.
-Zero-shot only.
+task of other settings. Distinct-n is a property of the whole set of continuations, not a
+per-example mean: the report gives `s/distinct-2`, `s/distinct-3` over the run's
+continuations (the task's `aggregate`), without a standard error. Zero-shot only.
 """
 
 from __future__ import annotations
@@ -91,8 +91,17 @@ def score_prompts(lm: Any, task: str, settings: Mapping[str, GenerationConfig], 
             metrics[f"{r.name}/nll"] = -r.logprobs[i] / len(cont)
         out.append(ExampleRecord(task, p.index, metrics,
                                  {"line": p.item.line, "prompt": p.item.text,
-                                  "continuations": {r.name: r.texts[i] for r in reports}}))
+                                  "continuations": {r.name: r.texts[i] for r in reports},
+                                  "ids": {r.name: r.continuations[i] for r in reports}}))
     return out
+
+
+def distinct(settings: Mapping[str, GenerationConfig], records: list[ExampleRecord]
+             ) -> dict[str, float]:
+    """distinct-n of each setting over all the run's continuations (a property of the set,
+    not a mean over examples)."""
+    return {f"{s}/distinct-{n}": repetition.distinct_n([r.details["ids"][s] for r in records], n)
+            for s in settings for n in NS}
 
 
 def register_repetition(name: str, settings: Mapping[str, GenerationConfig],
@@ -101,10 +110,10 @@ def register_repetition(name: str, settings: Mapping[str, GenerationConfig],
     return register(Task(
         name, "wikitext-2/test.txt", metric_names(settings), 0,
         f"repetition: {length} tokens after {PROMPTS} WikiText-2 prompts under "
-        f"{', '.join(settings)}: rep-2/3 and nll per setting",
+        f"{', '.join(settings)}: rep-2/3, nll and distinct-2/3 per setting",
         wikitext_prompts,
         lambda lm, batch, shots: score_prompts(lm, name, settings, length, batch, shots),
-        few_shot=False))
+        few_shot=False, aggregate=lambda records: distinct(settings, records)))
 
 
 register_repetition("repetition", SETTINGS)

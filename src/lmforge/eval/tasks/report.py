@@ -33,7 +33,8 @@ from lmforge.io import atomic_write_text
 
 RESAMPLES = 1000
 CHUNK = 100  # resamples drawn at once: bounds the (CHUNK, n) index array
-NOT_PERCENT = frozenset({"nll"})  # metrics in their own unit (nats), not shares
+NOT_PERCENT = frozenset({"nll"})  # metrics in their own unit (nats), not shares; by the
+# name's last part, so a setting's "greedy/nll" is one too
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
@@ -51,17 +52,25 @@ def bootstrap_stderr(values: Sequence[float], seed: int, resamples: int = RESAMP
 
 
 def summarize(records: Sequence[ExampleRecord], metrics: Sequence[str], seed: int,
-              seconds: float | None = None) -> dict[str, Any]:
-    """{"n": n, metric: {"value": mean, "stderr": bootstrap stderr}} of one task's records;
-    with the task's wall time `seconds`, also "seconds" and "examples_per_s" (n / seconds)."""
+              seconds: float | None = None,
+              aggregate: dict[str, float] | None = None) -> dict[str, Any]:
+    """{"n": n, metric: {"value": mean, "stderr": bootstrap stderr}} of one task's records.
+
+    A metric only some records have (a breakdown by category) is the mean over those, with
+    its own "n". `aggregate`: metrics of the whole set (no standard error). With the task's
+    wall time `seconds`, also "seconds" and "examples_per_s" (n / seconds)."""
     out: dict[str, Any] = {"n": len(records)}
     if seconds is not None:
         out["seconds"] = seconds
         out["examples_per_s"] = len(records) / seconds if seconds > 0 else None
     for m in metrics:
-        values = [r.metrics[m] for r in records]
+        values = [r.metrics[m] for r in records if m in r.metrics]
         out[m] = {"value": float(np.mean(values)) if values else None,
                   "stderr": bootstrap_stderr(values, seed)}
+        if len(values) != len(records):
+            out[m]["n"] = len(values)
+    for m, value in (aggregate or {}).items():
+        out[m] = {"value": value, "stderr": None}
     return out
 
 
@@ -121,7 +130,7 @@ def write_report(path: str | Path, report: dict[str, Any],
 
 def format_number(metric: str, x: float) -> str:
     """A share as percent with one decimal (0.409 → 40.9); `NOT_PERCENT` metrics as they are."""
-    return f"{x:.3f}" if metric in NOT_PERCENT else f"{100 * x:.1f}"
+    return f"{x:.3f}" if metric.rsplit("/", 1)[-1] in NOT_PERCENT else f"{100 * x:.1f}"
 
 
 def format_entry(metric: str, entry: dict[str, Any] | None) -> str:
@@ -136,22 +145,26 @@ def format_entry(metric: str, entry: dict[str, Any] | None) -> str:
 def describe_settings(s: dict[str, Any]) -> str:
     """One line: model (dtype, shots, limit, seed[, adapter])."""
     adapter = f", adapter {s['adapter']['path']}" if s.get("adapter") else ""
-    return (f"{s.get('model')} ({s.get('dtype')}, {s.get('shots')}-shot, limit "
+    shots = "each task's default shots" if s.get("shots") is None else f"{s['shots']}-shot"
+    return (f"{s.get('model')} ({s.get('dtype')}, {shots}, limit "
             f"{s.get('limit')}, seed {s.get('seed')}{adapter})")
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """One row per task: n, each metric as percent ± bootstrap stderr (`NOT_PERCENT` metrics
-    in their unit) and, when timed, examples/s."""
+    """One row per task and metric: n, the metric as percent ± bootstrap stderr
+    (`NOT_PERCENT` metrics in their unit), the task's shots and, when timed, examples/s
+    (on the task's first row)."""
     tasks = report["tasks"]
-    metrics = list(dict.fromkeys(m for t in tasks.values() for m in task_metrics(t)))
     timed = any(t.get("examples_per_s") is not None for t in tasks.values())
     lines = [describe_settings(report["settings"]), "",
-             "| task | n | " + " | ".join(metrics) + (" | ex/s |" if timed else " |"),
-             "|---|---:|" + "---:|" * (len(metrics) + timed)]
+             "| task | metric | n | value | shots |" + (" ex/s |" if timed else ""),
+             "|---|---|---:|---:|---:|" + ("---:|" if timed else "")]
     for name, t in tasks.items():
-        speed = t.get("examples_per_s")
-        lines.append(f"| {name} | {t['n']} | "
-                     + " | ".join(format_entry(m, t.get(m)) for m in metrics)
-                     + (f" | {'–' if speed is None else f'{speed:.1f}'} |" if timed else " |"))
+        for i, m in enumerate(task_metrics(t)):
+            speed = t.get("examples_per_s") if i == 0 else None
+            cells = [name if i == 0 else "", m, str(t[m].get("n", t["n"])),
+                     format_entry(m, t[m]), str(t.get("shots", "")) if i == 0 else ""]
+            if timed:
+                cells.append("" if speed is None else f"{speed:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
