@@ -143,3 +143,33 @@ def test_tasks_end_to_end_on_smollm2(smollm2):
     assert [(r.task, r.index) for r in records] == [(n, i) for n in names for i in (0, 1)]
     assert records[0].details["gold"] == generated.arithmetic_problems("plus", 2, 1)[0].answer
     assert records[2].details["gold"] == classify.load_sst2("dev", SHARED_DATA / "sst2")[0].label
+
+
+def test_sst2_with_a_trained_head_adapter(tmp_path):
+    """`eval --tasks sst2 --adapter RUN/adapter`: the head's labels replace the label words,
+    and the task's accuracy equals the fine-tuning run's own on the same dev rows."""
+    from test_finetune import FAST, SST2, tiny_model
+
+    import lmforge
+    from lmforge.adapt.finetune import finetune
+    from lmforge.interop.load import load_weights
+
+    root = tmp_path / "data"
+    (root / "sst2").mkdir(parents=True)
+    for split, rows in (("train", 65), ("dev", 33)):
+        lines = (SST2 / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[:rows]
+        (root / "sst2" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    base = tiny_model(tmp_path / "tiny", load_weights("minilm")[2])
+    r = finetune(base, "probe", "seqcls", root / "sst2" / "train.tsv",
+                 {**FAST, "eval_data": str(root / "sst2" / "dev.tsv"),
+                  "out_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache")},
+                 progress=False)
+    lm = lmforge.load(base, adapter=r.run_dir / "adapter")
+    report, records = evaluate_tasks(lm, ["sst2"], data_root=root, progress=False,
+                                     adapter=r.run_dir / "adapter")
+    assert report["tasks"]["sst2"]["n"] == r.eval_n == 32
+    assert report["tasks"]["sst2"]["acc"]["value"] == r.eval_acc
+    assert all(rec.details["scored_by"] == "head" for rec in records)
+    assert report["settings"]["adapter"]["hash"].startswith("sha256:")
+    with pytest.raises(LmforgeError, match="--shots 0"):
+        evaluate_tasks(lm, ["sst2"], shots=2, data_root=root, progress=False)

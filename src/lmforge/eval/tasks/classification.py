@@ -11,6 +11,10 @@ its two label words (`classify.label_loglikelihoods`, on `score.loglikelihood_re
 Few-shot (`--shots K`): K training examples (SST-2 `train.tsv`, ChnSentiCorp `train.csv`)
 drawn per example by base.py's `Shots`, each written as prompt + its label word, joined
 by "\\n\\n" (`classify.Template.context`).
+
+With a trained head (`--adapter DIR` of `lmforge finetune --task seqcls` or `lmforge
+probe`): the head's argmax over the text alone replaces the label words (no prompt, no
+shots); the record's `pred` is the head's label and `scored_by` says "head".
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmforge.errors import LmforgeError
 from lmforge.eval import classify
 from lmforge.eval.tasks.base import ExampleRecord, Shots, Task, register
 from lmforge.eval.tasks.indexed import Indexed, indexed
@@ -29,8 +34,25 @@ def prompt(template: classify.Template, example: Indexed[classify.Example], shot
     return template.context(example.item, [d.item for d in shots(example.index)])
 
 
+def head_records(lm: Any, task: str, batch: list[Indexed[classify.Example]], shots: Shots
+                 ) -> list[ExampleRecord]:
+    """The records of a model with a classification head: its label for each text."""
+    from lmforge.adapt.classifier import classify as head_labels
+
+    if shots.k:
+        raise LmforgeError("a classification head reads the text alone: use --shots 0 with "
+                           "a head adapter")
+    preds = head_labels(lm, [ex.item.text for ex in batch])
+    return [ExampleRecord(task, ex.index, {"acc": float(pred == str(ex.item.label))},
+                          {"text": ex.item.text, "gold": ex.item.label, "pred": pred,
+                           "scored_by": "head"})
+            for ex, pred in zip(batch, preds, strict=True)]
+
+
 def score_examples(lm: Any, task: str, template: classify.Template,
                    batch: list[Indexed[classify.Example]], shots: Shots) -> list[ExampleRecord]:
+    if hasattr(lm.model, "classifier"):  # a head adapter (adapt/classifier.py) is loaded
+        return head_records(lm, task, batch, shots)
     contexts = [prompt(template, ex, shots) for ex in batch]
     out = []
     for ex, lps in zip(batch, classify.label_loglikelihoods(lm, contexts, template.labels),
