@@ -67,8 +67,9 @@ class TaggerSettings:
 
 
 def _resolve(path: str, base: Path) -> str:
+    """Absolute, so that tagger.json names files that load from any directory."""
     p = Path(path).expanduser()
-    return str(p if p.is_absolute() else base / p)
+    return str((p if p.is_absolute() else base / p).resolve())
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, TaggerSettings]:

@@ -232,5 +232,8 @@ def load_tagger(run_dir: str | Path) -> Tagger:
     settings = meta["tagger"]
     heads = nn.ModuleDict(TokenCls(len(meta["tags"]), meta["n_bits"]).heads(config))
     heads.load_state_dict({k: v.float() for k, v in state.items()})
+    if meta["n_bits"] and not Path(settings["dict"]).is_file():
+        raise LmforgeError(f"--model {d}: the tagger reads its word list {settings['dict']} "
+                           f"(tagger.dict in {META}) for its dictionary features; it is missing")
     dictionary = Dictionary.load(settings["dict"]) if meta["n_bits"] else None
     return Tagger(model.eval(), heads.eval(), tokenizer, meta["max_len"], dictionary)
