@@ -37,6 +37,7 @@ from lmforge.errors import LmforgeError
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import NSPHead
 from lmforge.objectives.causal_lm import causal_lm_loss
+from lmforge.objectives.distillation import Teacher, distill_loss
 from lmforge.objectives.masked_lm import IGNORE
 from lmforge.objectives.nsp import nsp_loss
 from lmforge.objectives.prefix_lm import prefix_lm_loss
@@ -204,8 +205,35 @@ class Denoising(SpanCorruption):
                                     t.denoising, t.noise_density)
 
 
+class Distill(Objective):
+    """Knowledge distillation of a decoder (`objectives/distillation.py`):
+    L = α·T²·KL(teacher ‖ student at T) + (1 − α)·CE, the teacher's targets in each batch from
+    `teacher` (`adapt/distill.py`: on the fly, or a top-k cache). The registered entry has
+    no teacher; `lmforge distill` configures one from its [distill] table."""
+
+    name, families = "distill", ("decoder",)
+
+    def __init__(self, teacher: Teacher | None = None, temperature: float = 2.0,
+                 alpha: float = 0.5) -> None:
+        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+
+    def sampler(self, tokens: np.ndarray, inputs: SamplerInputs) -> batches.Sampler:
+        if self.teacher is None:
+            raise LmforgeError("train.objective = \"distill\" needs a teacher: run `lmforge "
+                               "distill --config FILE`, whose [distill] table names it")
+        return self.teacher.sampler(tokens, inputs.settings.block_size)
+
+    def scored(self, batch: batches.Batch) -> int:
+        return int((batch["targets"] != IGNORE).sum())
+
+    def losses(self, task: nn.Module, batch: batches.Batch) -> Losses:
+        return distill_loss(task.model(batch["ids"]), batch["targets"],
+                            batch["teacher_logprobs"], batch.get("teacher_ids"),
+                            self.temperature, self.alpha)
+
+
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
-    CausalLM(), PrefixLM(), MaskedLM(), SpanCorruption(), Denoising())}
+    CausalLM(), PrefixLM(), MaskedLM(), SpanCorruption(), Denoising(), Distill())}
 DEFAULTS = {"decoder": "causal_lm", "prefix": "prefix_lm", "encoder": "mlm",
             "encoder_decoder": "span_corruption"}
 MLM_NSP = MaskedLMNSP()  # `objective = "mlm"` with `nsp = true`

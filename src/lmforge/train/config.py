@@ -142,7 +142,8 @@ def resolve_init_from(spec: str, config_dir: Path) -> str:
     return str(path if path.is_absolute() else (config_dir / path).absolute())
 
 
-def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def read_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    """A TOML config file's tables, with the `--set` overrides applied."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -152,6 +153,16 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise LmforgeError(f"{path} is not valid TOML: {exc}") from None
     for assignment in overrides:
         apply_override(raw, assignment)
+    return raw
+
+
+def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    return run_config(read_config(path, overrides), Path(path))
+
+
+def run_config(raw: dict, path: Path) -> RunConfig:
+    """The [model], [data] and [train] tables of the config file at `path` (which relative
+    paths start from)."""
     unknown = sorted(set(raw) - {"model", "data", "train"})
     if unknown:
         raise LmforgeError(f"{path}: unknown table(s) {unknown}; use [model], [data], [train]")

@@ -32,6 +32,7 @@ from lmforge.data.batches import Sampler
 from lmforge.errors import LmforgeError
 from lmforge.model.moe import moe_aux_loss, moe_stats
 from lmforge.model.transformer import Transformer
+from lmforge.objectives.registry import Objective
 from lmforge.train import distributed
 from lmforge.train import state as ckpt
 from lmforge.train.config import RunConfig, TrainSettings
@@ -187,11 +188,12 @@ def evaluate_and_save(tr: Trainer) -> dict | None:
 
 
 def train(run: RunConfig, resume: bool = False, stop_after: int | None = None,
-          progress: bool = True) -> Path:
-    """Train, writing the run directory; `stop_after` pauses after that step (resumable)."""
+          progress: bool = True, configured: Objective | None = None) -> Path:
+    """Train, writing the run directory; `stop_after` pauses after that step (resumable);
+    `configured`: the run's objective with its own settings (`setup`)."""
     world = distributed.setup(pick_device(run.train.device))
     try:
-        tr = setup(run, resume, world)
+        tr = setup(run, resume, world, configured)
         run_steps(tr, stop_after, progress)
         return tr.run_dir
     finally:

@@ -182,8 +182,11 @@ def restore(task: ObjectiveModel, gen: torch.Generator, run_dir: Path,
     return saved
 
 
-def setup(run: RunConfig, resume: bool, world: distributed.World) -> Trainer:
-    """A run ready for its first step (or for the step after its last checkpoint)."""
+def setup(run: RunConfig, resume: bool, world: distributed.World,
+          configured: Objective | None = None) -> Trainer:
+    """A run ready for its first step (or for the step after its last checkpoint);
+    `configured`: an instance of the run's objective with settings of its own (the teacher
+    of `lmforge distill`) in place of the registry's."""
     t = run.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -191,6 +194,11 @@ def setup(run: RunConfig, resume: bool, world: distributed.World) -> Trainer:
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(Path(run.data_dir))
     model, objective, tokenizer, sp, frozen = make_model(run, data)
+    if configured is not None:
+        if configured.name != objective.name:
+            raise LmforgeError(f"train.objective = {objective.name!r}, but the objective given "
+                               f"is {configured.name!r}")
+        objective = configured
     task = ObjectiveModel(model, objective)
     task.model.activation_checkpointing = t.activation_checkpointing
     task.to(world.device)
