@@ -22,6 +22,7 @@ import typing
 import torch
 
 from lmforge.adapt.commands import register as register_adapt
+from lmforge.adapt.distill_commands import register as register_distill
 from lmforge.console import chat_loop, print_answer, take_dropped
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import COMPILE_HELP, HELP, GenerationConfig
@@ -403,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_tokenizers(sub)
     register_ngram(sub)
     register_adapt(sub)
+    register_distill(sub)
     return parser
 
 
