@@ -214,8 +214,8 @@ def test_decoder_path_with_last_token_pooling(tmp_path, wordpiece, sst2_files):
 def test_clear_errors(tiny, sst2_files, tmp_path, capsys):
     base = ["finetune", "--model", tiny, "--task", "seqcls", "--data", str(sst2_files[0]),
             "--out", str(tmp_path / "o")]
-    assert main([*base, "--method", "lora"]) == 2
-    assert "not built yet (issue #19" in capsys.readouterr().err
+    assert main([*base[:4], "sft", *base[5:], "--method", "probe"]) == 2
+    assert "--task sft takes --method full or lora" in capsys.readouterr().err
     assert main([*base, "--method", "bogus"]) == 2
     assert "use one of full, probe" in capsys.readouterr().err
     assert main([*base, "--method", "full", "--set", "label_column=sentiment"]) == 2

@@ -19,19 +19,23 @@ from lmforge.errors import LmforgeError
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `finetune` and `probe` to the `lmforge` subcommands."""
     f = sub.add_parser(
-        "finetune", help="adapt a model to a labelled task (full fine-tuning or a probe)",
+        "finetune", help="adapt a model to a task: full, probe, prompt, ptuning2, lora",
         description="Trains with the trainer of `lmforge train` (checkpoints, --resume, "
                     "metrics.jsonl, loss.png) and writes OUT/results.json, OUT/adapter/ (the "
                     "head) and, for full, OUT/model/. Settings: docs/adaptation.md.")
-    f.add_argument("--model", required=True, help="a built-in name, .gguf, or model directory")
-    f.add_argument("--method", required=True, help="full, probe, prompt, ptuning2 (lora: coming)")
-    f.add_argument("--task", default="seqcls", help="seqcls: sequence classification")
-    f.add_argument("--data", required=True, help="training file: .tsv, .csv or .jsonl")
+    f.add_argument("--model", help="a built-in name, .gguf, or model directory")
+    f.add_argument("--method", help="full, probe, prompt, ptuning2, lora (sft: full or lora)")
+    f.add_argument("--task", default="seqcls",
+                   help="seqcls: sequence classification; sft: instruction SFT on "
+                        "conversations (JSONL of messages or Self-Instruct tasks)")
+    f.add_argument("--data", help="training file: .tsv, .csv or .jsonl")
+    f.add_argument("--config", default=None, help="a recipe TOML (configs/smollm2-sft-lora.toml; "
+                   "also run by `lmforge train --config`)")
     f.add_argument("--eval-data", default=None, help="a labelled file scored during and "
                                                     "after training")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a fine-tuning or trainer setting, e.g. lr=3e-5, layer_decay=0.9")
-    f.add_argument("--out", required=True, help="the run directory")
+    f.add_argument("--out", help="the run directory")
     f.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
     f.add_argument("--stop-after", type=int, default=None, help="pause after this step")
     f.set_defaults(func=cmd_finetune)
@@ -77,16 +81,31 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from lmforge.adapt.finetune import finetune
+    from lmforge.adapt.recipe import run_recipe
 
-    settings = {**parse_sets(args.set), "out_dir": args.out}
-    if args.eval_data:
-        settings["eval_data"] = args.eval_data
-    result = finetune(args.model, args.method, args.task, args.data, settings,
-                      resume=args.resume, stop_after=args.stop_after)
+    if args.config:  # the recipe names the rest; --set, --out and --eval-data override it
+        extra = list(args.set)
+        if args.out:
+            extra.append(f"out_dir={args.out}")
+        if args.eval_data:
+            extra.append(f"eval_data={args.eval_data}")
+        result = run_recipe(args.config, extra, args.resume, args.stop_after)
+    else:
+        missing = [f"--{k}" for k in ("model", "method", "data", "out") if not getattr(args, k)]
+        if missing:
+            raise LmforgeError(f"lmforge finetune needs {', '.join(missing)} (or --config "
+                               "RECIPE.toml)")
+        settings = {**parse_sets(args.set), "out_dir": args.out}
+        if args.eval_data:
+            settings["eval_data"] = args.eval_data
+        result = finetune(args.model, args.method, args.task, args.data, settings,
+                          resume=args.resume, stop_after=args.stop_after)
     share = 100 * result.trainable / result.total
     print(f"trained {result.trainable:,} of {result.total:,} parameters ({share:.2f}%)")
     if result.eval_acc is not None:
         print(f"evaluation accuracy {100 * result.eval_acc:.2f}% on {result.eval_n} examples")
+    if result.eval_loss is not None:
+        print(f"held-out loss {result.eval_loss:.4f} on {result.eval_n} assistant tokens")
     print(f"run directory: {result.run_dir}")
 
 

@@ -14,6 +14,11 @@ Methods:
 - `prompt`, `ptuning2`: the model is frozen; a soft prompt (`adapt/prompt_tuning.py`) or
   P-Tuning v2's per-layer prefix (`adapt/ptuning2.py`) trains with the head, and both are
   saved as one adapter of that method.
+- `lora`: the model is frozen; LoRA matrices on the `targets` projections (`adapt/lora.py`)
+  train with the head, saved as one LoRA adapter (PEFT's layout) carrying the head.
+
+Task `sft` (instruction SFT on conversations, methods full and lora) is `adapt/sft_run.py`,
+assembled from the same parts (`assemble`).
 
 The trainer (`train/loop.py`) knows no objective by name, so fine-tuning is not another
 loop: `seqcls` is an `Objective` (`adapt/heads.py`) whose batches come from labelled rows
@@ -37,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.adapt import prompt_tuning, ptuning2
+from lmforge.adapt import lora, prompt_tuning, ptuning2
 from lmforge.adapt import settings as cfg
 from lmforge.adapt.adapter import AdapterBase, save_adapter
 from lmforge.adapt.classifier import attach
@@ -58,7 +63,7 @@ from lmforge.interop.fingerprint import content_hash
 from lmforge.io import atomic_write_text
 from lmforge.tokenizers.base import Tokenizer
 from lmforge.train import distributed
-from lmforge.train.base import Base, build_from_base, frozen_base, load_base
+from lmforge.train.base import Base, FrozenBase, build_from_base, frozen_base, load_base
 from lmforge.train.config import RunConfig
 from lmforge.train.loop import run_steps
 from lmforge.train.metrics import MetricsLog
@@ -77,6 +82,7 @@ class Result:
     eval_n: int
     trainable: int  # parameters the optimizer updated
     total: int  # parameters of the model and head
+    eval_loss: float | None = None  # sft: held-out loss on assistant tokens
 
 
 def layer_decay_optimizer(optimizer: torch.optim.Optimizer, task: ObjectiveModel,
@@ -189,6 +195,18 @@ def build_trainer(method: str, s: cfg.FinetuneSettings, base: Base, data: str,
     evaluation = encode(base.tokenizer, config, labelled[1], s.max_len) \
         if labelled[1] is not None else None
     prepared = prepare(method, s, base, task, train, evaluation, data, progress)
+    tr = assemble(method, s, task, base.tokenizer, (prepared.sampler, prepared.val_sampler),
+                  frozen, data, resume, world)
+    return tr, prepared, evaluation
+
+
+def assemble(method: str, s: cfg.FinetuneSettings, task: ObjectiveModel, tokenizer: Tokenizer,
+             samplers: tuple, frozen: FrozenBase | None, data: str, resume: bool,
+             world: distributed.World) -> Trainer:
+    """The `Trainer` around a task model on its device: optimizer over the trainable
+    parameters (with layer-wise decay for full), precision, metrics, resumed state."""
+    t = s.train
+    run_dir = Path(t.out_dir)
     gen = torch.Generator().manual_seed(t.seed)
     saved = restore(task, gen, run_dir, frozen, world) if resume else None
     precision = Precision(t.dtype, world.device)
@@ -204,21 +222,20 @@ def build_trainer(method: str, s: cfg.FinetuneSettings, base: Base, data: str,
     log = MetricsLog(run_dir, step if resume else None)
     task.train()
     run = RunConfig({}, Path(data), t)
-    tr = Trainer(run, world, run_dir, objective, base.tokenizer, task, task, precision,
-                 optimizer, prepared.sampler, prepared.val_sampler, gen, log, None, frozen,
-                 step, saved["best_val"] if saved else math.inf)
-    return tr, prepared, evaluation
+    return Trainer(run, world, run_dir, task.objective, tokenizer, task, task, precision,
+                   optimizer, samplers[0], samplers[1], gen, log, None, frozen,
+                   step, saved["best_val"] if saved else math.inf)
 
 
 def check_method(method: str, task: str) -> None:
-    if method in cfg.LATER:
-        raise LmforgeError(f"--method {method} is not built yet (issue #19: LoRA fine-tuning "
-                           "comes with the adapter work); use full, probe, prompt or ptuning2")
     if method not in cfg.METHODS:
         raise LmforgeError(f"--method {method!r}: use one of {', '.join(cfg.METHODS)}")
-    if task != "seqcls":
-        raise LmforgeError(f"--task {task!r}: the task built so far is seqcls (sequence "
-                           "classification)")
+    if task not in cfg.TASKS:
+        raise LmforgeError(f"--task {task!r}: use seqcls (sequence classification) or sft "
+                           "(instruction SFT on conversations)")
+    if method not in cfg.TASKS[task]:
+        raise LmforgeError(f"--task {task} takes --method {' or '.join(cfg.TASKS[task])}, "
+                           f"not {method}")
 
 
 def finetune(model: str, method: str, task: str, data: str | Path,
@@ -229,6 +246,10 @@ def finetune(model: str, method: str, task: str, data: str | Path,
     check_method(method, task)
     s = cfg.parse(method, dict(settings))
     data = str(data)
+    if task == "sft":
+        from lmforge.adapt.sft_run import finetune_sft
+
+        return finetune_sft(model, method, data, s, resume, stop_after, progress)
     base = load_base(model)
     if base.tokenizer is None:
         raise LmforgeError(f"{model} has no tokenizer; fine-tuning reads text")
@@ -299,4 +320,14 @@ def input_adapter(method: str, s: cfg.FinetuneSettings, model: torch.nn.Module,
     if method == "ptuning2":
         ptuning2.attach_ptuning(model, s.n_prefix, s.reparam, s.prefix_std, s.train.seed)
         return list(ptuning2.TRAINABLE_PATTERNS)
+    if method == "lora":
+        attach_lora_from(model, s)
+        return list(lora.TRAINABLE_PATTERNS)
     return []
+
+
+def attach_lora_from(model: torch.nn.Module, s: cfg.FinetuneSettings) -> None:
+    """LoRA from the settings r, alpha, lora_dropout, targets; A drawn from the run's seed."""
+    torch.manual_seed(s.train.seed)
+    targets = tuple(p.strip() for p in s.targets.split(",") if p.strip())
+    lora.attach_lora(model, lora.LoraConfig(s.r, s.alpha, s.lora_dropout, targets))

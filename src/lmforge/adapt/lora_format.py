@@ -18,6 +18,10 @@ back by lmforge only.
 
 PEFT's options that change the computation and that lmforge does not implement (DoRA, trained
 biases, modules_to_save, per-module ranks or alphas, LoRA on embeddings) are refused by name.
+
+A classification head trained with the LoRA (`lmforge finetune --method lora --task seqcls`)
+travels in the same directory, as prompt tuning's does: a "classifier" config section and
+"classifier.*" tensors (`adapt/prompted.py`), which peft does not read.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch import nn
 
 from lmforge.adapt.adapter import AdapterMethod, register_method
 from lmforge.adapt.lora import LoraConfig, attach, lora_modules, unit_name
+from lmforge.adapt.prompted import HEAD, apply_head, export_head
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf import HF_NAMES, hf_config
 from lmforge.model.config import ModelConfig
@@ -98,7 +103,8 @@ def export_lora(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
             "use_rslora": config.use_rslora, "bias": "none", "use_dora": False,
             "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
             "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}}
-    return keys, tensors
+    head_config, head = export_head(model)  # a classification head trained with it, if any
+    return {**keys, **head_config}, {**tensors, **head}
 
 
 def _refuse_unsupported(config: dict) -> None:
@@ -131,7 +137,10 @@ def apply_lora(model: nn.Module, config: dict, tensors: dict[str, torch.Tensor])
     names = _model_names(model)
     by_module = {hf: unit for unit, hf in names.items()} if names is not None else None
     found: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    head = {k: v for k, v in tensors.items() if k.startswith(f"{HEAD}.")}
     for key, tensor in tensors.items():
+        if key in head:
+            continue
         parsed = _parse_key(key, by_module)
         if parsed is None:
             raise LmforgeError(f"the adapter's tensor {key!r} is not a LoRA matrix of this "
@@ -155,6 +164,7 @@ def apply_lora(model: nn.Module, config: dict, tensors: dict[str, torch.Tensor])
         for (name, part), pair in found.items():
             for kind, tensor in pair.items():
                 getattr(modules[name], kind)[part].copy_(tensor)
+    apply_head(model, config, head)
 
 
 def check_shapes(model: nn.Module, found: dict[tuple[str, str], dict[str, torch.Tensor]],
