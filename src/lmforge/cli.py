@@ -272,9 +272,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from lmforge.adapt.recipe import is_recipe, run_recipe
     from lmforge.train.config import load_run_config
     from lmforge.train.loop import train
 
+    if is_recipe(args.config):  # a [finetune] table: the lmforge finetune command it names
+        result = run_recipe(args.config, args.set or [], args.resume, args.stop_after)
+        print(f"run directory: {result.run_dir} (results.json, metrics.jsonl, loss.png)")
+        return
     run = load_run_config(args.config, args.set or [])
     run_dir = train(run, resume=args.resume, stop_after=args.stop_after)
     print(f"run directory: {run_dir} (metrics.jsonl, loss.png, checkpoints/, best/)")
