@@ -11,6 +11,14 @@ after a warm-up; each figure is the median. Characters per second count the char
 the lines without newlines. Also reported: backward and bidirectional matching, dictionary
 build times, the tries' memory, and the F1 of each side's output on the test set.
 Writes benchmarks/results/segment.json.
+
+    python benchmarks/segment.py --tagger runs/msr-tagger [RUN_DIR …] [--quality-only]
+
+adds statistical segmenters (`lmforge segment --model RUN_DIR`, a B/M/E/S tagger) and, for
+every method, precision, recall, F1 and out-of-vocabulary recall (gold words not in the
+training word list) on the MSR test set; the tagger's characters/s (torch threads and CPU
+recorded) and its training run (steps, dtype, threads, wall time from tagger.json's writing
+to the last checkpoint's). `--quality-only` keeps the speed figures of the existing record.
 """
 
 from __future__ import annotations
@@ -26,10 +34,13 @@ import tracemalloc
 from pathlib import Path
 
 import jieba
+import torch
 
 from lmforge.hardware import cpu_name
 from lmforge.io import atomic_write_text
 from lmforge.segment import Dictionary, score_lines, segment_lines
+from lmforge.segment.oov import oov_recall
+from lmforge.segment.tagger import load_tagger
 
 ROOT = Path(__file__).resolve().parents[1]
 MSR = ROOT / ".." / "shared" / "data" / "icwb2-msr"
@@ -61,11 +72,67 @@ def trie_megabytes(words: list[str]) -> float:
     return size / 1e6
 
 
-def run(repeat: int, reps: int) -> dict:
+def read_msr() -> tuple[list[str], list[str], list[str]]:
+    """The training word list, the test text and its gold segmentation."""
     words = [w for w in (MSR / "msr_training_words.utf8").read_text(encoding="utf-8")
              .splitlines() if w]
     test = (MSR / "msr_test.utf8").read_text(encoding="utf-8").splitlines()
     gold = (MSR / "msr_test_gold.utf8").read_text(encoding="utf-8").splitlines()
+    return words, test, gold
+
+
+def quality(gold: list[str], pred: list[str], words: set[str]) -> dict:
+    s, oov = score_lines(gold, pred), oov_recall(gold, pred, words)
+    return {"precision": s.precision, "recall": s.recall, "f1": s.f1,
+            "oov_recall": oov.recall, "oov_correct": oov.correct, "oov_total": oov.total,
+            "scored_lines": s.lines - s.skipped}
+
+
+def tagger_run(run_dir: Path) -> dict:
+    """What the run directory says about its training."""
+    meta = json.loads((run_dir / "tagger.json").read_text(encoding="utf-8"))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val_loss" in r]
+    best = min(evals, key=lambda r: r["val_loss"])
+    last = max((run_dir / "checkpoints").glob("step-*"), key=lambda p: p.stat().st_mtime)
+    return {"model": meta["model"], "tagger": meta["tagger"], "sources": meta["sources"],
+            "dtype": meta["train"]["dtype"], "threads": meta["train"]["threads"],
+            "batch_size": meta["train"]["batch_size"], "steps": evals[-1]["step"],
+            "max_steps": meta["train"]["max_steps"], "best_step": best["step"],
+            "best_val_loss": best["val_loss"], "best_val_acc": best.get("val_acc"),
+            "wall_s": last.stat().st_mtime - (run_dir / "tagger.json").stat().st_mtime}
+
+
+def run_tagger(run_dir: Path, test: list[str], gold: list[str], words: set[str]) -> dict:
+    tagger = load_tagger(run_dir)
+    params = sum(p.numel() for p in tagger.model.parameters()) + \
+        sum(p.numel() for p in tagger.heads.parameters())
+    seconds, pred = timed(lambda: list(tagger.segment_lines(test)))
+    return {"run_dir": str(run_dir), "params": params, "torch_threads": torch.get_num_threads(),
+            "chars_per_s": sum(map(len, test)) / seconds, "quality": quality(gold, pred, words),
+            "train": tagger_run(run_dir)}
+
+
+def run_quality(record: dict, taggers: list[Path]) -> dict:
+    """Precision, recall, F1 and OOV recall of every method on the MSR test set."""
+    words, test, gold = read_msr()
+    vocab = set(words)
+    d = Dictionary(words)
+    with tempfile.TemporaryDirectory() as folder:
+        tok = jieba_tokenizer(words, folder)
+        preds = {f"lmforge_{m}": list(segment_lines(test, d, m)) for m in ("fmm", "bmm", "bimm")}
+        preds["jieba_hmm_false"] = [" ".join(tok.cut(s, HMM=False)) for s in test]
+    record["quality_msr"] = {k: quality(gold, p, vocab) for k, p in preds.items()}
+    record["taggers"] = {}
+    for run_dir in taggers:
+        t = record["taggers"][run_dir.name] = run_tagger(run_dir, test, gold, vocab)
+        record["quality_msr"][f"tagger:{run_dir.name}"] = t["quality"]
+    record["quality_cpu"] = cpu_name()
+    return record
+
+
+def run(repeat: int, reps: int) -> dict:
+    words, test, gold = read_msr()
     lines = test * repeat
     chars = sum(map(len, lines))
     build_ours, d = timed(lambda: Dictionary(words))
@@ -102,8 +169,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=6, help="copies of the MSR test text")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per case")
     parser.add_argument("--json", type=Path, default=RESULT, help="where to write the record")
+    parser.add_argument("--tagger", type=Path, nargs="+", default=[], metavar="RUN_DIR",
+                        help="also score these B/M/E/S tagger runs (lmforge segment-train)")
+    parser.add_argument("--quality-only", action="store_true",
+                        help="keep the record's speed figures; recompute only the quality table")
     args = parser.parse_args()
-    record = run(args.repeat, args.reps)
+    if args.quality_only:
+        record = run_quality(json.loads(args.json.read_text()), args.tagger)
+        print_quality(record)
+        atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
+        return
+    record = run_quality(run(args.repeat, args.reps), args.tagger)
+    print_quality(record)
     print(f"{record['text_chars']:,} characters ({record['text_bytes'] / 1e6:.1f} MB), "
           f"median of {args.reps}")
     print(f"{'':18}{'chars/s':>12}{'F1 (MSR)':>10}")
@@ -112,6 +189,17 @@ def main() -> None:
     print(f"lmforge fmm / jieba: {record['ratio_fmm_over_jieba']:.2f}x")
     print(json.dumps(record))
     atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
+
+
+def print_quality(record: dict) -> None:
+    print(f"{'MSR test':28}{'P':>8}{'R':>8}{'F1':>8}{'R_oov':>8}")
+    for k, q in record["quality_msr"].items():
+        print(f"{k:28}{q['precision']:8.4f}{q['recall']:8.4f}{q['f1']:8.4f}"
+              f"{q['oov_recall']:8.4f}")
+    for name, t in record["taggers"].items():
+        print(f"{name}: {t['params']:,} parameters, {t['chars_per_s']:,.0f} characters/s "
+              f"({t['torch_threads']} threads); trained {t['train']['steps']} steps in "
+              f"{t['train']['wall_s']:.0f} s ({t['train']['dtype']})")
 
 
 if __name__ == "__main__":
