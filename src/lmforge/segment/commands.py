@@ -25,10 +25,12 @@ MODE_NAMES = ("fmm", "bmm", "bimm")
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `segment` and `segment-score` to the `lmforge` subcommands."""
     s = sub.add_parser(
-        "segment", help="segment Chinese text into words by dictionary maximum matching",
+        "segment", help="segment Chinese text into words: dictionary maximum matching "
+                        "(--dict) or a trained B/M/E/S tagger (--model)",
         description="Streams the input line by line and writes one line per input line: its "
                     "words separated by single spaces. Whitespace in the input separates "
-                    "words and is otherwise dropped; no other character is changed. fmm: "
+                    "words and is otherwise dropped; no other character is changed. With "
+                    "--model, a tagger run's constrained Viterbi tags give the words. fmm: "
                     "forward maximum matching, bmm: backward, bimm: both, keeping the one "
                     "with fewer words, then fewer single characters, then fewer unknown "
                     "words, else bmm.")
