@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from lmforge.segment.dictionary import Dictionary
 from lmforge.segment.maxmatch import segment
 from lmforge.segment.score import read_lines
 from lmforge.segment.windows import fullwidth
-from lmforge.train.config import RunConfig, TrainSettings, apply_override
+from lmforge.train.config import RunConfig, TrainSettings, read_config
 
 
 @dataclass
@@ -76,14 +75,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig,
     """The [model], [tagger] and [train] tables of a tagger config, `--set` applied, paths
     made relative to the config file's directory."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LmforgeError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise LmforgeError(f"{path} is not valid TOML: {exc}") from None
-    for assignment in overrides:
-        apply_override(raw, assignment)
+    raw = read_config(path, overrides)
     unknown = sorted(set(raw) - {"model", "tagger", "train"})
     if unknown:
         raise LmforgeError(f"{path}: unknown table(s) {unknown}; use [model], [tagger], [train]")
