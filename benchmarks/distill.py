@@ -67,6 +67,11 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=384, help="chunks of 65 tokens per split")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-tokens", type=int, default=4096)
+    p.add_argument("--temperature", type=float, default=None, help="default: the config's")
+    p.add_argument("--alpha", type=float, default=None, help="default: the config's")
+    p.add_argument("--baseline", default="",
+                   help="a record of this script with the same settings: take its alone run "
+                        "(α = 0 does not depend on T or α) instead of training it again")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distill.json"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -78,6 +83,8 @@ def main() -> None:
               f"train.eval_every={max(1, a.steps // 2)}", f"train.threads={a.threads}",
               f"train.warmup_steps={min(20, a.steps // 10)}",
               f"distill.chunks={a.chunks}", f"distill.cache_dir='{work / 'cache'}'"]
+    common += [f"distill.{k}={v}" for k, v in (("temperature", a.temperature),
+                                                ("alpha", a.alpha)) if v is not None]
 
     run, s = load_config(CONFIG, common)  # fill the teacher's cache first, timed apart
     t0 = time.perf_counter()
@@ -88,8 +95,11 @@ def main() -> None:
     cache_s = time.perf_counter() - t0
     del teacher
 
-    runs = {}
+    runs, baseline = {}, json.loads(Path(a.baseline).read_text()) if a.baseline else None
     for name, alpha in (("distilled", s.alpha), ("alone", 0.0)):
+        if name == "alone" and baseline is not None:
+            runs[name] = {**baseline["runs"]["alone"], "from": a.baseline}
+            continue
         shutil.rmtree(work / name, ignore_errors=True)  # a fresh run, not a continuation
         over = [*common, f"train.out_dir='{work / name}'", f"distill.alpha={alpha}"]
         t0 = time.perf_counter()
@@ -102,6 +112,8 @@ def main() -> None:
     tokenizer = load(str(work / "distilled")).tokenizer
     n_bytes = len(tokenizer.decode(ids).encode("utf-8"))
     for name in runs:
+        if "val" in runs[name]:  # the baseline's, scored on the same tokens
+            continue
         student = load(str(work / name))
         runs[name]["parameters"] = sum(p.numel() for p in student.model.parameters())
         runs[name]["val"] = perplexity(student.model, ids, n_bytes, ctx)
@@ -124,6 +136,10 @@ def main() -> None:
         "distilled_beats_alone": runs["distilled"]["val"]["perplexity"]
         < runs["alone"]["val"]["perplexity"],
     }
+    if baseline is not None:
+        same = ("data", "student", "train", "steps")
+        if any(baseline[k] != record[k] for k in same):
+            sys.exit(f"--baseline {a.baseline} has other {', '.join(same)}; run both arms")
     atomic_write_text(a.out, json.dumps(record, indent=2) + "\n")
     for name, r in runs.items():
         print(f"{name:>9}: val perplexity {r['val']['perplexity']:.2f} "
