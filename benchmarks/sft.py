@@ -12,7 +12,7 @@ then for the base and each tuned model:
 - greedy answers (≤ `--max-tokens` new tokens, the chat template with SmolLM2's default
   system prompt) to `--answers` held-out instructions without an input field, in file order.
 The JSON record holds the CPU, threads, steps, wall time of each run, trainable parameters,
-losses and answers; `--markdown` prints the README table.
+losses and answers; `--markdown` prints the README table of an existing record (no run).
 """
 
 from __future__ import annotations
@@ -69,6 +69,25 @@ def assess(spec: str, adapter: str | None, held: list, prompts: list[str], max_t
             "assess_s": time.perf_counter() - t}
 
 
+def markdown(record: dict) -> str:
+    """The before/after table: held-out loss, training cost, then each answer."""
+    models = record["models"]
+    names = list(models)
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
+             "| held-out loss (assistant tokens) | "
+             + " | ".join(f"{m['heldout_loss']:.3f}" for m in models.values()) + " |",
+             "| trainable parameters | " + " | ".join(
+                 f"{m['trainable_params']:,}" if "trainable_params" in m else "–"
+                 for m in models.values()) + " |",
+             "| training wall time | " + " | ".join(
+                 f"{m['train_wall_s'] / 60:.1f} min" if "train_wall_s" in m else "–"
+                 for m in models.values()) + " |"]
+    for i, prompt in enumerate(record["prompts"]):
+        cells = [m["answers"][i].replace("\n", " ").replace("|", "\\|") for m in models.values()]
+        lines.append(f"| *{prompt}* | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -79,7 +98,11 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["lora", "full"])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "sft-bench"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "sft.json"))
+    ap.add_argument("--markdown", action="store_true", help="print the table of --json")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.json).read_text(encoding="utf-8"))))
+        return
     torch.set_num_threads(args.threads)
     head, settings = load_recipe(RECIPES["lora"])
     held = subset(read_conversations(settings["eval_data"]), args.heldout,
