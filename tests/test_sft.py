@@ -212,7 +212,7 @@ def test_sft_recipe_lora_adapter_changes_generation_and_leaves_the_base(tiny, tm
     assert got.keys() == base.keys() and all(torch.equal(got[k], base[k]) for k in base)
 
 
-@pytest.mark.parametrize("method", ["lora", pytest.param("full", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["lora", "full"])
 def test_an_sft_run_resumes_exactly(method, tiny, tmp_path):
     settings = {**FAST, "lr": 1e-2, "lora_dropout": 0.1 if method == "lora" else 0.0}
 
@@ -236,3 +236,8 @@ def test_sft_refuses_an_encoder(tmp_path, tok):
     with pytest.raises(LmforgeError, match="trains a decoder"):
         finetune(str(tmp_path / "enc"), "lora", "sft", SEED, {**FAST,
                  "out_dir": str(tmp_path / "o")}, progress=False)
+
+
+def test_finetune_names_what_it_lacks(capsys):
+    assert main(["finetune", "--method", "lora", "--task", "sft"]) == 2
+    assert "needs --model, --data, --out (or --config RECIPE.toml)" in capsys.readouterr().err
