@@ -18,30 +18,19 @@ or `--set finetune.model=…` (the [finetune] table).
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from lmforge.adapt import finetune as ft
 from lmforge.errors import LmforgeError
-from lmforge.train.config import resolve_init_from
+from lmforge.train.config import read_config, resolve_init_from
 
 TABLE = ("model", "method", "task", "data")
 PATHS = ("eval_data", "out_dir", "cache_dir")  # settings that name files: relative to the TOML
 
 
-def read_toml(path: str | Path) -> dict:
-    p = Path(path)
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LmforgeError(f"--config {p}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise LmforgeError(f"{p} is not valid TOML: {exc}") from None
-
-
 def is_recipe(path: str | Path) -> bool:
     """Whether a config file is a fine-tuning recipe (has a [finetune] table)."""
-    return Path(path).is_file() and "finetune" in read_toml(path)
+    return Path(path).is_file() and "finetune" in read_config(path)
 
 
 def _relative(value: str, root: Path) -> str:
@@ -53,7 +42,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict
     """({model, method, task, data}, settings) of a recipe, paths resolved against its
     directory, `overrides` ("key=value" or "finetune.key=value") applied."""
     p = Path(path)
-    raw = read_toml(p)
+    raw = read_config(p)
     unknown = sorted(set(raw) - {"finetune", "settings"})
     if unknown:
         raise LmforgeError(f"{p}: unknown table(s) {unknown}; a recipe has [finetune] and "
