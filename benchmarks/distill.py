@@ -1,9 +1,10 @@
 """Knowledge distillation at equal steps: the student of configs/distill-smollm2-student.toml
-trained on SmolLM2-135M's top-32 distribution (α = 0.5, T = 2) against the same student
+trained on SmolLM2-135M's top-32 distribution (α = 0.5, T = 1) against the same student
 trained without a teacher (α = 0: the same seed, batches and steps), scored by validation
 perplexity (`lmforge.eval.perplexity`) next to the teacher's.
 
     .venv/bin/python benchmarks/distill.py                 # about 25 minutes on 2 cores
+    .venv/bin/python benchmarks/distill.py --temperature 2 --out benchmarks/results/distill_t2.json
     .venv/bin/python benchmarks/distill.py --steps 40 --chunks 64 --eval-tokens 1024  # smoke
 
 Writes benchmarks/results/distill.json: the CPU, threads, settings, steps, wall times (the
