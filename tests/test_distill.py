@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +183,11 @@ def test_errors_name_the_fix(workdir, tmp_path):
         load_config(workdir / "student.toml", ["distill.temp=3"])
     with pytest.raises(LmforgeError, match="lmforge distill trains with"):
         load_config(workdir / "student.toml", ["train.objective='causal_lm'"])
+
+
+def test_the_shipped_config_reads():
+    run, s = load_config(Path(__file__).resolve().parents[1] / "configs"
+                         / "distill-smollm2-student.toml")
+    assert run.train.objective == "distill" and s.teacher == "smollm2"
+    assert (s.temperature, s.alpha, s.top_k, s.chunks) == (1.0, 0.5, 32, 384)
+    assert run.model["max_seq_len"] == run.train.block_size == 64
