@@ -263,14 +263,9 @@ def finetune(model: str, method: str, task: str, data: str | Path,
     tr, prepared, eval_rows = build_trainer(method, s, base, data, (train, evaluation),
                                             resume, world, progress)
     run_dir = tr.run_dir
-    atomic_write_text(run_dir / "finetune_config.json", json.dumps(
-        {"model": model, "method": method, "task": task, "data": data,
-         "settings": cfg.to_dict(s)}, indent=2) + "\n")
-    run_steps(tr, stop_after, progress)
-    params = list(tr.task.parameters())
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    total = sum(p.numel() for p in params)
-    if tr.step < s.train.max_steps:  # paused by stop_after: resume to finish
+    trainable, total, done = run_recorded(tr, {"model": model, "method": method, "task": task,
+                                               "data": data}, s, stop_after, progress)
+    if not done:  # paused by stop_after: resume to finish
         return Result(run_dir, None, 0, trainable, total)
     acc = score(tr.task, prepared, eval_rows.labels, s.train.batch_size) \
         if eval_rows is not None else None
@@ -282,6 +277,18 @@ def finetune(model: str, method: str, task: str, data: str | Path,
         {"method": method, "eval_acc": acc, "eval_n": n, "trainable_params": trainable,
          "total_params": total, "steps": tr.step}, indent=2) + "\n")
     return Result(run_dir, acc, n, trainable, total)
+
+
+def run_recorded(tr: Trainer, run: dict, s: cfg.FinetuneSettings, stop_after: int | None,
+                 progress: bool) -> tuple[int, int, bool]:
+    """Record the run (`finetune_config.json`: `run` + the settings), run its steps;
+    (trainable parameters, all parameters, whether it reached max_steps)."""
+    atomic_write_text(tr.run_dir / "finetune_config.json", json.dumps(
+        {**run, "settings": cfg.to_dict(s)}, indent=2) + "\n")
+    run_steps(tr, stop_after, progress)
+    params = list(tr.task.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return trainable, sum(p.numel() for p in params), tr.step >= s.train.max_steps
 
 
 def finish(method: str, s: cfg.FinetuneSettings, base: Base, tr: Trainer,

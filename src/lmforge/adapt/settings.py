@@ -50,26 +50,20 @@ NOT_HERE = {"init_from": "the model is --model", "trainable": "the method decide
             "objective": "the task decides it", "block_size": "set max_len instead",
             "nsp": "", "mask_rate": "", "noise_density": "", "mean_span": "", "denoising": "",
             "fsdp": "fine-tuning runs in one process"}
+# what every method shares; each method's entry below overrides part of it
+_COMMON = {"batch_size": 32, "max_steps": 500, "weight_decay": 0.0, "beta2": 0.999,
+           "eval_every": 100, "eval_batches": 10, "log_every": 10, "keep_last": 1}
 DEFAULTS = {
-    "full": {"batch_size": 32, "max_steps": 500, "lr": 5e-5, "min_lr": 5e-6,
-             "warmup_steps": 50, "weight_decay": 0.01, "beta2": 0.999, "eval_every": 100,
-             "eval_batches": 10, "log_every": 10, "keep_last": 1},
+    "full": {**_COMMON, "lr": 5e-5, "min_lr": 5e-6, "warmup_steps": 50, "weight_decay": 0.01},
     # a soft prompt or prefix and the head: a much larger learning rate (Lester et al.,
     # 2021, used 0.3; Liu et al., 2022, 5e-3 to 1e-2)
-    "prompt": {"batch_size": 32, "max_steps": 500, "lr": 3e-2, "min_lr": 3e-3,
-               "warmup_steps": 30, "weight_decay": 0.0, "beta2": 0.999, "eval_every": 100,
-               "eval_batches": 10, "log_every": 10, "keep_last": 1},
-    "ptuning2": {"batch_size": 32, "max_steps": 500, "lr": 1e-2, "min_lr": 1e-3,
-                 "warmup_steps": 30, "weight_decay": 0.0, "beta2": 0.999, "eval_every": 100,
-                 "eval_batches": 10, "log_every": 10, "keep_last": 1},
+    "prompt": {**_COMMON, "lr": 3e-2, "min_lr": 3e-3, "warmup_steps": 30},
+    "ptuning2": {**_COMMON, "lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 30},
     # LoRA's B starts at zero: larger steps than full fine-tuning (Hu et al., 2021: 2e-4 to
     # 5e-4 on RoBERTa; the classification head trains at the same rate)
-    "lora": {"batch_size": 32, "max_steps": 500, "lr": 5e-4, "min_lr": 5e-5,
-             "warmup_steps": 30, "weight_decay": 0.0, "beta2": 0.999, "eval_every": 100,
-             "eval_batches": 10, "log_every": 10, "keep_last": 1},
-    "probe": {"batch_size": 64, "max_steps": 1000, "lr": 1e-3, "min_lr": 1e-4,
-              "warmup_steps": 0, "weight_decay": 0.0, "beta2": 0.999, "eval_every": 250,
-              "eval_batches": 10, "log_every": 50, "keep_last": 1},
+    "lora": {**_COMMON, "lr": 5e-4, "min_lr": 5e-5, "warmup_steps": 30},
+    "probe": {**_COMMON, "batch_size": 64, "max_steps": 1000, "lr": 1e-3, "min_lr": 1e-4,
+              "warmup_steps": 0, "eval_every": 250, "log_every": 50},
 }
 
 

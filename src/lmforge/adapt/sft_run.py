@@ -32,7 +32,6 @@ from lmforge.interop.fingerprint import content_hash
 from lmforge.io import atomic_write_text
 from lmforge.train import distributed
 from lmforge.train.base import Base, build_from_base, frozen_base, load_base
-from lmforge.train.loop import run_steps
 from lmforge.train.objective import ObjectiveModel
 from lmforge.train.precision import pick_device
 from lmforge.train.setup import Trainer
@@ -95,14 +94,10 @@ def finetune_sft(model: str, method: str, data: str, s: cfg.FinetuneSettings, re
     run_dir = Path(s.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tr = build(method, s, base, data, (train, held), max_len, resume, world)
-    atomic_write_text(run_dir / "finetune_config.json", json.dumps(
-        {"model": model, "method": method, "task": "sft", "data": data,
-         "settings": cfg.to_dict(s)}, indent=2) + "\n")
-    run_steps(tr, stop_after, progress)
-    params = list(tr.task.parameters())
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    total = sum(p.numel() for p in params)
-    if tr.step < s.train.max_steps:  # paused by stop_after: resume to finish
+    trainable, total, done = ft.run_recorded(
+        tr, {"model": model, "method": method, "task": "sft", "data": data}, s, stop_after,
+        progress)
+    if not done:  # paused by stop_after: resume to finish
         return ft.Result(run_dir, None, 0, trainable, total)
     loss, n = heldout_loss(tr.task.model, held) if held else (None, 0)
     if loss is not None:
