@@ -260,7 +260,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     acc = [100 * r["eval_acc"] for r in bars]
     left.bar(range(len(bars)), acc, color="tab:blue")
     for i, r in enumerate(bars):
-        left.text(i, acc[i] + 0.5, f"{acc[i]:.1f}\n{r['trainable_pct']:.2g}%",
+        left.text(i, acc[i] + 0.5, f"{acc[i]:.1f}\n{r['trainable_pct']:.3g}%",
                   ha="center", va="bottom", fontsize=7)
     left.set_xticks(range(len(bars)), labels, rotation=60, ha="right", fontsize=7)
     left.set_ylabel("accuracy (%) [label: trainable %]")
