@@ -9,7 +9,7 @@ Grid (`--models`, `--tasks`, `--methods` select from it):
   each initialisation (prompt-vocab, prompt-labels, prompt-normal), ptuning2 (16 prefix
   positions, no MLP), lora-r8 and lora-r16 (q and v, α = 2r);
 - `smollm2`: probe (last token), lora-r8, ptuning2;
-on SST-2 (train.tsv → dev.tsv, 872 rows) and ChnSentiCorp (train.csv → test.csv, 1,200 rows).
+on SST-2 (train.tsv → dev.tsv, 872 rows) and ChnSentiCorp (train.csv → test.csv, 776 rows).
 Every method trains on the same seeded subset (`--train-subset`, `subset_seed` 0) for
 `--steps` steps of `--batch` rows (probes: `--probe-steps` steps on cached features) and is
 scored on the whole evaluation set, through `lmforge.adapt.finetune.finetune`.
