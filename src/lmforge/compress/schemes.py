@@ -5,6 +5,7 @@ A scheme maps a float weight matrix W (out × in) to integer or fp8 codes q and 
 
     int8      symmetric, per output channel      s_r = max_j |W_rj| / 127
               q = clamp(round(W / s), -127, 127)            Ŵ = q · s
+    int8-gG   the same per group of G inputs (GGUF's Q8_0 is int8-g32)
     int4-gG   asymmetric, per group of G inputs  s = (max − min) / 15 over the group
               q = clamp(round((W − min) / s), 0, 15)        Ŵ = (q − 8) · s + z,  z = min + 8s
     fp8-e4m3  per output channel (or `-tensor`)  s = max |W| / 448   (e5m2: / 57344)
@@ -30,9 +31,9 @@ import torch
 
 from lmforge.errors import LmforgeError
 
-INT4_GROUPS = (32, 64, 128)
 FP8_DTYPES = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
-_NAMES = re.compile(r"^(int8|w8a8|int4(?:-g(\d+))?|fp8-(e4m3|e5m2)(-tensor)?)$")
+GROUPS = (32, 64, 128)
+_NAMES = re.compile(r"^(?:(int8|w8a8|int4)(?:-g(\d+))?|fp8-(e4m3|e5m2)(-tensor)?)$")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Scheme:
     """One quantization scheme; `Scheme.parse("int4-g64")`, `scheme.name` gives it back."""
 
     kind: str  # "int8", "int4" or "fp8"
-    group_size: int | None = None  # int4 only: inputs per (scale, zero) pair
+    group_size: int | None = None  # inputs per (scale, zero) pair; None: the whole row
     fp8_format: str | None = None  # fp8 only: "e4m3" or "e5m2"
     per_channel: bool = True  # fp8: one scale per output channel, else one per tensor
     dynamic_activations: bool = False  # W8A8: int8 activations, per token, at run time
@@ -51,24 +52,24 @@ class Scheme:
         if match is None:
             raise LmforgeError(f"unknown quantization scheme {text!r}; use int8, w8a8, "
                                "int4-g32, int4-g64, int4-g128, fp8-e4m3, fp8-e5m2 (add "
-                               "-tensor to an fp8 scheme for one scale per tensor)")
+                               "-tensor to an fp8 scheme for one scale per tensor, -gG to "
+                               "int8 for one scale per group of G inputs)")
         name, group, fp8, tensor = match.groups()
-        if name in ("int8", "w8a8"):
-            return Scheme("int8", dynamic_activations=name == "w8a8")
-        if name.startswith("int4"):
-            size = int(group or 32)
-            if size not in INT4_GROUPS:
-                raise LmforgeError(f"int4 group size {size} is not supported; use one of "
-                                   f"{', '.join(map(str, INT4_GROUPS))}")
+        if fp8:
+            return Scheme("fp8", fp8_format=fp8, per_channel=tensor is None)
+        size = int(group) if group else (32 if name == "int4" else None)
+        if size is not None and (size not in GROUPS or name == "w8a8"):
+            raise LmforgeError(f"{text!r}: groups of {', '.join(map(str, GROUPS))} inputs "
+                               "are supported for int4 and int8 (w8a8 is per channel)")
+        if name == "int4":
             return Scheme("int4", group_size=size)
-        return Scheme("fp8", fp8_format=fp8, per_channel=tensor is None)
+        return Scheme("int8", group_size=size, dynamic_activations=name == "w8a8")
 
     @property
     def name(self) -> str:
-        if self.kind == "int8":
-            return "w8a8" if self.dynamic_activations else "int8"
-        if self.kind == "int4":
-            return f"int4-g{self.group_size}"
+        if self.kind != "fp8":
+            base = "w8a8" if self.dynamic_activations else self.kind
+            return base + (f"-g{self.group_size}" if self.group_size else "")
         return f"fp8-{self.fp8_format}" + ("" if self.per_channel else "-tensor")
 
     @property
@@ -76,8 +77,8 @@ class Scheme:
         return 4 if self.kind == "int4" else 8
 
     def group_for(self, in_features: int) -> int:
-        """Columns sharing one set of parameters: the group (int4) or the whole row."""
-        if self.kind != "int4":
+        """Columns sharing one set of parameters: the group, or the whole row."""
+        if self.group_size is None:
             return in_features
         if in_features % self.group_size:
             raise LmforgeError(f"{in_features} input features do not split into groups of "
@@ -89,9 +90,9 @@ class Scheme:
 class QuantizedWeight:
     """Codes and parameters of one weight matrix (out × in).
 
-    int8: codes int8 (out, in), scale (out,). int4: codes uint8 0..15 (out, in), unpacked
-    (`pack_int4` for storage), scale and zero (out, in / G). fp8: codes float8 (out, in),
-    scale (out,) or (1,).
+    int8: codes int8 (out, in), scale (out,) or, with groups, (out, in / G). int4: codes
+    uint8 0..15 (out, in), unpacked (`pack_int4` for storage), scale and zero (out, in / G).
+    fp8: codes float8 (out, in), scale (out,) or (1,).
     """
 
     scheme: Scheme
@@ -156,6 +157,8 @@ def rtn(scheme: Scheme, weight: torch.Tensor) -> QuantizedWeight:
     codes = encode(scheme, blocks, scale, zero).reshape(out, cols)
     if scheme.kind == "int4":
         return QuantizedWeight(scheme, codes, scale.view(out, -1), zero.view(out, -1))
+    if scheme.group_size:
+        return QuantizedWeight(scheme, codes, scale.view(out, -1))
     return QuantizedWeight(scheme, codes, scale.reshape(-1))
 
 
