@@ -1,0 +1,198 @@
+"""`QuantLinear`: a projection whose weight is held quantized (`compress/schemes.py`), y = x·Ŵᵀ + b.
+
+Each scheme runs on the fastest product this PyTorch has for it; `module.kernel` names it:
+
+    int8        "int8pack_mm"   aten._weight_int8pack_mm(x, q, s): x·qᵀ·diag(s), int8 codes read
+                                as they are (a quarter of fp32's bytes per decode step)
+    int4-gG     "int4pack_mm"   aten._weight_int4pack_mm_for_cpu(x, packed, G, [s; z]):
+                                x·((q − 8)·s + z)ᵀ, the codes reordered once into the kernel's
+                                layout (out_features a multiple of 16; else "dequant_mm")
+    w8a8        "int_mm"        per token t: s_t = max_j |x_tj| / 127, x̂ = round(x / s_t);
+                                y = (x̂·qᵀ) · s_t · s_r, the integer product by torch._int_mm
+                                (int32 accumulation)
+    int8-gG     "dequant_mm"    Ŵ = q·s made per call in x's dtype, then x·Ŵᵀ
+    fp8         "dequant_mm"    the same on CPU; on a CUDA GPU with fp8 (compute capability ≥
+                "scaled_mm"     8.9) torch._scaled_mm of e4m3 activations, scaled per token,
+                                with the fp8 weight, scaled per channel
+
+Elsewhere than on CPU the int8 and int4 schemes also take "dequant_mm".
+
+The state dict holds only what the scheme stores: `codes` (int8, fp8, or int4 packed two per
+byte by `pack_int4`), `scale`, `zero` (int4) and `bias`. The int4 kernel's own layout and the
+kernel's [scale; zero] table are buffers made from them at load (`init_buffers`), kept out of
+the state dict, so a checkpoint does not depend on the kernel's layout. Casting the module
+(`.to(torch.bfloat16)`) casts scales, zeros and bias, never the codes (fp8 codes keep their
+format: the cast to bf16 and back is exact for both fp8 formats).
+
+Gradients flow to the input (LoRA on a frozen quantized base): ∂L/∂x = ∂L/∂y · Ŵ, with Ŵ
+dequantized in the backward pass; W8A8 rounds activations in the forward pass only (the
+straight-through estimator: the rounding's derivative taken as 1). The codes get no gradient.
+
+Under `torch.compile` (the compiled decode step) the aten products above are called as
+external kernels, and the elementwise work around them (W8A8's activation rounding, the
+dequantization) is fused by Inductor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.compress.schemes import FP8_DTYPES, QuantizedWeight, Scheme, pack_int4, unpack_int4
+
+INT4_ROWS = 16  # the CPU int4 kernel packs output rows in blocks of 16
+
+
+def _scaled_mm_available(device: torch.device) -> bool:
+    return (device.type == "cuda" and hasattr(torch, "_scaled_mm")
+            and torch.cuda.get_device_capability(device) >= (8, 9))
+
+
+def choose_kernel(scheme: Scheme, out_features: int, device: torch.device) -> str:
+    """The product a layer of this scheme and size runs on `device` (module docstring)."""
+    if scheme.kind == "fp8":
+        return "scaled_mm" if _scaled_mm_available(device) else "dequant_mm"
+    if device.type != "cpu" or scheme.group_size is not None and scheme.kind == "int8":
+        return "dequant_mm"
+    if scheme.dynamic_activations:
+        return "int_mm"
+    if scheme.kind == "int8":
+        return "int8pack_mm"
+    return "int4pack_mm" if out_features % INT4_ROWS == 0 else "dequant_mm"
+
+
+class QuantLinear(nn.Module):
+    """y = x·Ŵᵀ + b with Ŵ held quantized under `scheme`; `slices`: the named output rows of
+    the projection it replaces (`model/surgery.py`), so LoRA can wrap it."""
+
+    def __init__(self, scheme: Scheme, in_features: int, out_features: int, bias: bool = True,
+                 slices: dict[str, slice] | None = None) -> None:
+        super().__init__()
+        self.scheme, self.in_features, self.out_features = scheme, in_features, out_features
+        self.slices = dict(slices or {"all": slice(0, out_features)})
+        groups = in_features // scheme.group_for(in_features)
+        if scheme.kind == "fp8":
+            shape, codes = ((out_features,) if scheme.per_channel else (1,)), \
+                FP8_DTYPES[scheme.fp8_format]
+        else:
+            shape, codes = ((out_features, groups) if scheme.group_size else (out_features,)), \
+                torch.int8
+        # the scale is registered first: LoRA takes its dtype from the first float tensor
+        self.register_buffer("scale", torch.empty(shape))
+        if scheme.kind == "int4":
+            self.register_buffer("zero", torch.empty(shape))
+            self.register_buffer("codes", torch.empty(out_features, in_features // 2,
+                                                      dtype=torch.uint8))
+        else:
+            self.register_buffer("codes", torch.empty(out_features, in_features, dtype=codes))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.kernel = choose_kernel(scheme, out_features, self.codes.device)
+
+    @classmethod
+    def from_weight(cls, weight: QuantizedWeight, bias: torch.Tensor | None = None,
+                    slices: dict[str, slice] | None = None) -> QuantLinear:
+        """The layer holding `weight` (codes as `schemes.rtn` or GPTQ gives them)."""
+        out_features, in_features = weight.codes.shape
+        layer = cls(weight.scheme, in_features, out_features, bias is not None, slices)
+        codes = pack_int4(weight.codes) if weight.scheme.kind == "int4" else weight.codes
+        layer.codes = codes.clone()
+        layer.scale = weight.scale.float().reshape(layer.scale.shape).clone()
+        if weight.zero is not None:
+            layer.zero = weight.zero.float().clone()
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        layer.init_buffers()
+        return layer
+
+    def init_buffers(self) -> None:
+        """The kernel's forms of the stored tensors (after a load onto the meta device too)."""
+        self.kernel = choose_kernel(self.scheme, self.out_features, self.codes.device)
+        if self.kernel == "int4pack_mm":
+            codes = unpack_int4(self.codes).to(torch.int32)
+            # (out, in/2) in the kernel's own order; [s; z] as (in/G, out, 2)
+            self.register_buffer("int4_packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                codes, 1), persistent=False)
+            self.register_buffer("scales_zeros", torch.stack((self.scale, self.zero), -1)
+                                 .transpose(0, 1).contiguous(), persistent=False)
+
+    def quantized_weight(self) -> QuantizedWeight:
+        """The stored weight as a `QuantizedWeight` (int4 codes unpacked)."""
+        codes = unpack_int4(self.codes) if self.scheme.kind == "int4" else self.codes
+        zero = self.zero if self.scheme.kind == "int4" else None
+        return QuantizedWeight(self.scheme, codes, self.scale, zero)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Ŵ (out, in)."""
+        return self.quantized_weight().dequantize().to(dtype)
+
+    def _apply(self, fn, recurse: bool = True):
+        codes = self.codes.dtype
+        super()._apply(fn, recurse)
+        self.codes = self.codes.to(codes)  # a cast of the module leaves the codes' format
+        if self.kernel == "int4pack_mm" and self.codes.device.type != "cpu":
+            self.kernel = "dequant_mm"
+        return self
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """x·Ŵᵀ for x (rows, in), by `self.kernel`."""
+        if self.kernel == "int8pack_mm":
+            return torch.ops.aten._weight_int8pack_mm(x, self.codes, self.scale.to(x.dtype))
+        if self.kernel == "int4pack_mm":
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x, self.int4_packed, self.scheme.group_size, self.scales_zeros.to(x.dtype))
+        if self.kernel == "int_mm":
+            return w8a8_product(x, self.codes, self.scale)
+        if self.kernel == "scaled_mm":
+            return fp8_scaled_product(x, self.codes, self.scale)
+        return F.linear(x, self.dequantize(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = QuantProduct.apply(rows, self)
+        else:
+            y = self.product(rows)
+        y = y.view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"scheme={self.scheme.name}, kernel={self.kernel}, bias={self.bias is not None}")
+
+
+class QuantProduct(torch.autograd.Function):
+    """x·Ŵᵀ with ∂L/∂x = ∂L/∂y·Ŵ (Ŵ dequantized in the backward pass; module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+        ctx.layer = layer
+        return layer.product(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad @ ctx.layer.dequantize(grad.dtype), None
+
+
+def row_scales(x: torch.Tensor, top: float) -> torch.Tensor:
+    """s_t = max_j |x_tj| / top per row t (token), (rows, 1) in fp32."""
+    return (x.float().abs().amax(dim=1, keepdim=True) / top).clamp_min(
+        torch.finfo(torch.float32).tiny)
+
+
+def w8a8_product(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(x̂·qᵀ)·s_t·s_r with x̂ = round(x / s_t), s_t = max_j |x_tj| / 127 per row (token)."""
+    s_t = row_scales(x, 127)
+    xq = torch.clamp(torch.round(x.float() / s_t), -127, 127).to(torch.int8)
+    acc = torch._int_mm(xq, codes.t())  # (rows, out) int32: exact up to 2^31 / 127² ≈ 133k inputs
+    return (acc.float() * s_t * scale.float()).to(x.dtype)
+
+
+def fp8_scaled_product(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x·Ŵᵀ on fp8 tensor cores: x scaled per row into e4m3, times the fp8 weight (torch._scaled_mm
+    wants the second operand column-major: the transposed row-major weight is)."""
+    s_t = row_scales(x, torch.finfo(torch.float8_e4m3fn).max)
+    xq = (x.float() / s_t).to(torch.float8_e4m3fn)
+    s_w = scale.float().expand(codes.shape[0]).reshape(1, -1)
+    y = torch._scaled_mm(xq, codes.t(), scale_a=s_t, scale_b=s_w, out_dtype=torch.bfloat16)
+    return y.to(x.dtype)
