@@ -1,4 +1,5 @@
-"""`lmforge convert`: any model we read → a Hugging Face or an lmforge checkpoint directory.
+"""`lmforge convert`: any model we read → a Hugging Face or an lmforge checkpoint directory,
+or one GGUF file (`--to gguf --type …`, written by `gguf_write.py`).
 
 The directory is written whole under a temporary name beside `out`, then renamed onto it,
 so `out` never mixes the files of two models and a failed conversion leaves nothing
@@ -17,10 +18,16 @@ from lmforge.interop.tensors import parse_dtype
 from lmforge.io import write_directory
 
 
-def convert(spec: str, to: str, out: str | Path, dtype: str = "fp32", force: bool = False
-            ) -> None:
+def convert(spec: str, to: str, out: str | Path, dtype: str = "fp32", force: bool = False,
+            gguf_type: str = "f32") -> None:
     """Write the model `spec` (built-in name, .gguf, HF or lmforge directory) to `out` in
-    format `to` ("hf" or "lmforge") with weights in `dtype`."""
+    format `to` ("hf" or "lmforge" with weights in `dtype`, "gguf" with tensors of
+    `gguf_type`)."""
+    if to == "gguf":
+        from lmforge.interop.gguf_write import export_gguf
+
+        export_gguf(spec, out, gguf_type, force)
+        return
     torch_dtype = parse_dtype(dtype)
 
     def write(tmp: Path) -> None:
