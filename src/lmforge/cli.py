@@ -258,7 +258,7 @@ def cmd_eval_tasks(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from lmforge.interop.convert import convert
 
-    convert(args.model, args.to, args.out, args.dtype, args.force)
+    convert(args.model, args.to, args.out, args.dtype, args.force, args.type)
     print(f"wrote {args.to} model to {args.out}")
 
 
@@ -394,11 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--png", default=None, help="also draw the masks into this PNG")
     m.set_defaults(func=cmd_masks)
 
-    v = sub.add_parser("convert", help="convert a model to a Hugging Face or lmforge directory")
+    v = sub.add_parser("convert", help="convert a model to a Hugging Face or lmforge directory "
+                       "or a GGUF file")
     v.add_argument("--model", required=True, help=BUILTIN_HELP)
-    v.add_argument("--to", required=True, choices=["hf", "lmforge"])
-    v.add_argument("--out", required=True, help="output directory")
+    v.add_argument("--to", required=True, choices=["hf", "lmforge", "gguf"])
+    v.add_argument("--out", required=True, help="output directory (--to gguf: output file)")
     v.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    v.add_argument("--type", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
+                   help="--to gguf: tensor type of 2-D weights (norms stay f32)")
     v.add_argument("--force", action="store_true",
                    help="replace --out when it is not empty (only once the new model is "
                         "written whole)")
