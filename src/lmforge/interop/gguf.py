@@ -102,7 +102,14 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
         config = config_from_gguf(f.metadata, set(f.tensors), path)
         tensors = {name: f.tensor(name) for name in f.tensors}
         metadata = f.metadata
-    parts = layout.gather(config, GGUF_NAMES, tensors, str(path))
+    return config, state_dict_from_tensors(config, tensors, str(path)), metadata
+
+
+def state_dict_from_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], where: str
+                            ) -> dict[str, torch.Tensor]:
+    """Our state dict from tensors under GGUF names: renamed, Q/K rows unpermuted, fused and
+    checked (meta tensors pass through: `compress/gguf_native.py` fills those in itself)."""
+    parts = layout.gather(config, GGUF_NAMES, tensors, where)
     for i in range(config.n_layer):
         for p, heads in (("q", config.n_head), ("k", config.n_kv_head)):
             for suffix in ("weight", "bias"):
@@ -110,5 +117,5 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
                 if name in parts:
                     parts[name] = unpermute_qk(parts[name], heads)
     state_dict = layout.fuse(config, parts)
-    layout.check_state_dict(config, state_dict, str(path))
-    return config, state_dict, metadata
+    layout.check_state_dict(config, state_dict, where)
+    return state_dict

@@ -31,7 +31,7 @@ _FUSED = {
 }
 
 
-def _modules(config: ModelConfig) -> list[tuple[str, tuple[str, ...]]]:
+def fused_modules(config: ModelConfig) -> list[tuple[str, tuple[str, ...]]]:
     """(our module name, its parts in row order) for one layer; no gate when not gated."""
     return [(ours, tuple(p for p in pieces if p != "gate" or config.gated))
             for ours, pieces in _FUSED.items()]
@@ -100,7 +100,7 @@ def fuse(config: ModelConfig, parts: Mapping[str, torch.Tensor]) -> dict[str, to
     if not config.tie_embeddings:
         out["lm_head.weight"] = parts["lm_head.weight"]
     for i in range(config.n_layer):
-        for ours, pieces in _modules(config):
+        for ours, pieces in fused_modules(config):
             weights = [parts[f"layers.{i}.{p}.weight"] for p in pieces]
             out[f"layers.{i}.{ours}.weight"] = torch.cat(weights) if len(weights) > 1 \
                 else weights[0]
@@ -118,7 +118,7 @@ def split(config: ModelConfig, state_dict: Mapping[str, torch.Tensor]) -> dict[s
     parts = {n: state_dict[n] for n in ("embed.weight", "norm.weight", "lm_head.weight")
              if n in state_dict}
     for i in range(config.n_layer):
-        for ours, pieces in _modules(config):
+        for ours, pieces in fused_modules(config):
             sizes = [_rows(config, p) for p in pieces]
             for suffix in ("weight", "bias"):
                 name = f"layers.{i}.{ours}.{suffix}"
