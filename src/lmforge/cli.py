@@ -29,6 +29,7 @@ from lmforge.generate.config import COMPILE_HELP, HELP, GenerationConfig
 from lmforge.generate.context import fit_context
 from lmforge.hardware import thread_count
 from lmforge.ngram.commands import register as register_ngram
+from lmforge.rag.commands import register as register_rag
 from lmforge.segment.commands import register as register_segment
 from lmforge.serve.commands import register as register_serve
 from lmforge.serve.web_commands import register as register_web
@@ -413,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_ngram(sub)
     register_adapt(sub)
     register_distill(sub)
+    register_rag(sub)
     return parser
 
 
