@@ -67,7 +67,7 @@ def test_lossless_types_reimport_with_identical_logits(tmp_path: Path, tokenizer
     assert torch.equal(logits(config2, sd2), logits(config, cast))
 
 
-@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0", "q4_1"])
 def test_quantized_types_reimport_as_their_blocks(tmp_path: Path, tokenizer, kind) -> None:
     config, sd = tiny()
     write_gguf(tmp_path / "m.gguf", config, sd, tokenizer, kind)
@@ -83,7 +83,7 @@ def test_quantized_types_reimport_as_their_blocks(tmp_path: Path, tokenizer, kin
         assert not torch.equal(sd2[k], w)
 
 
-@pytest.mark.parametrize("kind", ["f32", "f16", "bf16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"])
 def test_gguf_reader_sees_the_expected_types(tmp_path: Path, tokenizer, kind) -> None:
     config, sd = tiny()
     counts = write_gguf(tmp_path / "m.gguf", config, sd, tokenizer, kind)

@@ -12,8 +12,9 @@ Tensor types, as llama.cpp's `convert_hf_to_gguf.py --outtype` writes them:
     bf16     BF16 (torch's round to nearest even)                F32
     q8_0     Q8_0: per block of 32, d = max|w| / 127, q = round(w / d)        F32
     q4_0     Q4_0: per block of 32, d = w_absmax_signed / -8, q = round(w / d) + 8   F32
+    q4_1     Q4_1: per block of 32, d = (max − min) / 15, m = min, q = round((w − m) / d)  F32
 
-Q8_0 and Q4_0 blocks come from `gguf.quants.quantize` (llama.cpp's reference quantizers). A
+Q8_0, Q4_0 and Q4_1 blocks come from `gguf.quants.quantize` (llama.cpp's reference quantizers). A
 matrix whose rows do not split into blocks of 32 falls back to F16, as llama.cpp does.
 
 Only llama-architecture decoders (decoder, RMSNorm, SwiGLU, RoPE, pre-norm; biases allowed)
@@ -39,10 +40,11 @@ from lmforge.model.config import ModelConfig
 from lmforge.tokenizers.base import Tokenizer
 from lmforge.tokenizers.bpe import BPETokenizer
 
-TYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}
+TYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0,
+         "q4_1": T.Q4_1}
 FILE_TYPES = {T.F32: gguf.LlamaFileType.ALL_F32, T.F16: gguf.LlamaFileType.MOSTLY_F16,
               T.BF16: gguf.LlamaFileType.MOSTLY_BF16, T.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
-              T.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}
+              T.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0, T.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1}
 # what `gguf.py` reads back: every field a llama-architecture GGUF cannot express
 LLAMA_FIELDS = {"family": "decoder", "norm": "rmsnorm", "mlp": "swiglu", "position": "rope",
                 "norm_position": "pre", "type_vocab_size": 0, "moe_experts": 0,
@@ -52,7 +54,7 @@ _BYTES = {T.F16: np.float16, T.BF16: np.uint16}  # numpy dtypes holding their bi
 
 
 def parse_type(name: str) -> T:
-    """The GGML tensor type of a `--type` name (f32, f16, bf16, q8_0, q4_0)."""
+    """The GGML tensor type of a `--type` name (f32, f16, bf16, q8_0, q4_0, q4_1)."""
     try:
         return TYPES[name.lower()]
     except KeyError:
