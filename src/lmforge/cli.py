@@ -43,8 +43,9 @@ ADAPTER_HELP = "an adapter directory (LoRA, …; lmforge's or peft's) trained on
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required, help=BUILTIN_HELP)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="weights and activations dtype (default fp32)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "q"],
+                   help="weights and activations dtype (default fp32); q: a GGUF's Q8_0/Q4_0/"
+                        "Q4_1 weights as they are, in int8/int4 layers (docs/gguf.md)")
     p.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
@@ -341,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "multiple-choice tasks instead (docs/eval_tasks.md).")
     e.add_argument("--model", nargs="+",
                    help=BUILTIN_HELP + ", or an n-gram .arpa(.gz) file; several compare")
-    e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="weights and activations dtype of neural models (default fp32)")
+    e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "q"],
+                   help="weights and activations dtype of neural models (default fp32); q: a "
+                        "GGUF's quantized weights as they are (docs/gguf.md)")
     e.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads (default: torch's)")
     e.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
@@ -401,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--to", required=True, choices=["hf", "lmforge", "gguf"])
     v.add_argument("--out", required=True, help="output directory (--to gguf: output file)")
     v.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    v.add_argument("--type", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
+    v.add_argument("--type", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"],
                    help="--to gguf: tensor type of 2-D weights (norms stay f32)")
     v.add_argument("--force", action="store_true",
                    help="replace --out when it is not empty (only once the new model is "

@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="context window per sequence (default: the model's, at most 2048)")
     s.add_argument("--no-prefix-reuse", action="store_true",
                    help="prefill every prompt whole (to measure what prefix reuse saves)")
-    s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "q"],
+                   help="q: a GGUF's Q8_0/Q4_0/Q4_1 weights as they are (docs/gguf.md)")
     s.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads (default: torch's)")
     s.add_argument("--compile", action="store_true", help=COMPILE_HELP)

@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--api-key", default=None, help="bearer key for --api")
     w.add_argument("--model-name", default=None,
                    help="model id on the --api server (default: the first it lists)")
-    w.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="weights dtype with --model (default fp32)")
+    w.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "q"],
+                   help="weights dtype with --model (default fp32; q: a GGUF's quantized "
+                        "weights as they are)")
     w.add_argument("--adapter", default=None, metavar="DIR",
                    help="an adapter directory trained on --model, put on top of it")
     w.add_argument("--threads", type=thread_count, default=None,
