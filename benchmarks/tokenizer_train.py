@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import sentencepiece as spm
+from common import finish, machine
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from lmforge.tokenizers.bpe_train import train_bpe
@@ -150,10 +149,11 @@ def main() -> None:
     parser.add_argument("--encode-reps", type=int, default=3)
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
     args = parser.parse_args()
-    record = {"benchmark": "tokenizer_train", "cpu": platform.processor() or platform.machine(),
-              "cores": os.cpu_count(), "vocab_size": args.vocab_size, "reps": args.reps,
-              "results": [bench_corpus(c, args.vocab_size, args.reps, args.encode_reps)
-                          for c in args.corpora]}
+    # `tokenizers` and sentencepiece train on every core, ours on one
+    record = {"benchmark": "tokenizer_train", **machine(os.cpu_count(), args.reps),
+              "vocab_size": args.vocab_size}
+    record["results"] = [bench_corpus(c, args.vocab_size, args.reps, args.encode_reps)
+                         for c in args.corpora]
     print(f"\n{'corpus':10}{'algorithm':10}{'library':15}{'train s':>9}{'enc MB/s':>10}"
           f"{'bytes/tok':>10}")
     for res in record["results"]:
@@ -163,9 +163,7 @@ def main() -> None:
         for key, rat in res["ratios"].items():
             print(f"  {res['corpus']} {key}: train time x{rat['train_s']:.2f}, encode speed "
                   f"x{rat['encode_mb_per_s']:.2f}, bytes/token x{rat['bytes_per_token']:.3f}")
-    print(json.dumps(record))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    finish(record, RESULTS)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
 """Training speed of lmforge's decoder against transformers' GPT2LMHeadModel of the same shape.
 
     python benchmarks/train_step.py --threads 2 [--dtypes fp32 bf16] [--reps 5]
+        [--json benchmarks/results/train_step.json]
 
 Both models: GPT-2 layout (learned positions, LayerNorm, GELU-tanh, biases, tied
 embeddings), the same random batch, SDPA attention, fused AdamW, the same autocast. One
 repetition is forward + backward + optimizer step; repetitions alternate between the two
-after a warm-up; each figure is the median. Prints tokens/s, the ratio and a JSON record.
+after a warm-up; each figure is the median. Prints tokens/s, the ratio and a JSON record
+that names the CPU, threads, repetitions and the load before and after (`common.machine`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
+from common import finish, machine
 
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
@@ -84,16 +87,17 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--block", type=int, default=256)
+    parser.add_argument("--json", type=Path, default=None, help="also write the record here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    record = {"benchmark": "train_step", "threads": args.threads, "shape": SHAPE,
+    record = {"benchmark": "train_step", **machine(args.threads, args.reps), "shape": SHAPE,
               "batch": args.batch, "block": args.block, "results": []}
     print(f"{'dtype':6}{'lmforge tok/s':>16}{'transformers tok/s':>20}{'ratio':>8}")
     for dtype in args.dtypes:
         r = bench(dtype, args.reps, args.batch, args.block)
         record["results"].append(r)
         print(f"{dtype:6}{r['lmforge']:16,.0f}{r['transformers']:20,.0f}{r['ratio']:8.2f}")
-    print(json.dumps(record))
+    finish(record, args.json)
 
 
 if __name__ == "__main__":
