@@ -4,8 +4,9 @@
     >>> index.search("eiffel tower", k=5)            # [(chunk id, BM25 score), …]
 
 BM25 (Robertson & Zaragoza, 2009, "The Probabilistic Relevance Framework"), Lucene's variant
-as `bm25s` computes it: score(q, d) = Σ_{t∈q} idf(t) · tf(t,d)·(k1+1) / (tf(t,d) + k1·(1 − b +
-b·|d|/avgdl)), idf(t) = ln(1 + (N − df(t) + 0.5)/(df(t) + 0.5)), k1 = 1.5, b = 0.75.
+as `bm25s` computes it: score(q, d) = Σ_{t∈q} idf(t) · tf(t,d) / (tf(t,d) + k1·(1 − b +
+b·|d|/avgdl)), idf(t) = ln(1 + (N − df(t) + 0.5)/(df(t) + 0.5)), k1 = 1.5, b = 0.75; Lucene
+(since 8.0) drops the textbook's constant factor (k1 + 1), which does not change a ranking.
 
 Terms: lowercased runs of letters and digits, English stop words dropped; Chinese has no spaces,
 so each Han character is a term (a unigram index, robust to unknown words), or, given a word
