@@ -121,10 +121,15 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor | None = None, **inputs) -> torch.Tensor:
         """Logits (B, T', vocab) in fp32: the LM head over `hidden(ids, **inputs)` (the
         arguments are hidden's, declared there once)."""
-        x = self.hidden(ids, **inputs)
+        return self.logits(self.hidden(ids, **inputs))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits (…, vocab) of final hidden states (…, d_model): the LM head, after
+        T5's d_model^−½ rescale when `head_rescale` (scoring applies it to the scored
+        positions only, `lmforge.score`)."""
         if self.config.head_rescale:
-            x = x * self.config.d_model ** -0.5
-        return self.lm_head(x).float()
+            hidden = hidden * self.config.d_model ** -0.5
+        return self.lm_head(hidden).float()
 
     def hidden(self, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
                positions: torch.Tensor | None = None, cache: KVStore | None = None,
