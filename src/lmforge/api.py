@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.compress.checkpoint import transforms_for
 from lmforge.errors import LmforgeError
 from lmforge.generate.compiled import compile_decode
 from lmforge.generate.engine import Engine
@@ -104,7 +105,7 @@ def load(spec: str, dtype: str = "fp32", compile: bool = False,
     config, state_dict, tokenizer, meta = load_weights(spec)
     if tokenizer is None:
         raise LmforgeError(f"{source.path} has no tokenizer; add tokenizer files to generate")
-    model = build_model(config, state_dict, parse_dtype(dtype))
+    model = build_model(config, state_dict, parse_dtype(dtype), transforms_for(meta, state_dict))
     if adapter is not None:
         from lmforge.adapt.adapter import AdapterBase, load_adapter
 

@@ -42,6 +42,7 @@ from torch import nn
 from lmforge.compress.schemes import FP8_DTYPES, QuantizedWeight, Scheme, pack_int4, unpack_int4
 
 INT4_ROWS = 16  # the CPU int4 kernel packs output rows in blocks of 16
+ALIGN = 64  # bytes: the alignment of PyTorch's CPU allocations
 
 
 def _scaled_mm_available(device: torch.device) -> bool:
@@ -107,6 +108,12 @@ class QuantLinear(nn.Module):
 
     def init_buffers(self) -> None:
         """The kernel's forms of the stored tensors (after a load onto the meta device too)."""
+        for name in ("codes", "scale", "zero"):
+            tensor = getattr(self, name, None)
+            if tensor is not None and tensor.data_ptr() % ALIGN:
+                # safetensors places tensors 8-byte aligned; the int8 kernel's bf16 path
+                # reads 64-byte aligned vectors (it crashed on such codes)
+                setattr(self, name, tensor.clone())
         self.kernel = choose_kernel(self.scheme, self.out_features, self.codes.device)
         if self.kernel == "int4pack_mm":
             codes = unpack_int4(self.codes).to(torch.int32)

@@ -62,9 +62,11 @@ def resolve_run(directory: str | Path) -> Path | None:
 @single_threaded()
 def save_checkpoint(directory: str | Path, config: ModelConfig,
                     state_dict: dict[str, torch.Tensor], tokenizer: Tokenizer | None,
-                    dtype: str | torch.dtype | None = None, base: dict | None = None) -> None:
+                    dtype: str | torch.dtype | None = None, base: dict | None = None,
+                    extra: dict | None = None) -> None:
     """Write a checkpoint directory; tensors keep their dtype unless `dtype` is given;
-    `base`: the base.json record when `state_dict` holds only what was trained on it."""
+    `base`: the base.json record when `state_dict` holds only what was trained on it;
+    `extra`: config.json sections beside the model's fields (`quantization`)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     save_safetensors(d / "model.safetensors", state_dict,
@@ -73,7 +75,7 @@ def save_checkpoint(directory: str | Path, config: ModelConfig,
         tokenizer.save(d / "tokenizer")
     if base is not None:
         atomic_write_text(d / BASE_FILE, json.dumps(base, indent=2) + "\n")
-    config.save(d / "config.json", format=FORMAT)
+    config.save(d / "config.json", format=FORMAT, **(extra or {}))
 
 
 def read_base(directory: Path) -> dict | None:
@@ -128,11 +130,13 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = torch.flo
     if fmt != FORMAT:
         raise LmforgeError(f"{d / 'config.json'} has format {fmt!r}; this lmforge reads "
                            f"{FORMAT!r} (a newer lmforge wrote it, or it is not a checkpoint)")
+    # quantized (`compress/checkpoint.py`): integer and fp8 codes and exact scales, as stored
+    quantized = data.pop("quantization", None) is not None
     config = ModelConfig.from_dict(data)
     if not (d / "model.safetensors").is_file():
         raise LmforgeError(f"{d} has a config.json but no model.safetensors; the checkpoint "
                            "is incomplete")
-    state_dict = load_safetensors([d / "model.safetensors"], dtype)
+    state_dict = load_safetensors([d / "model.safetensors"], None if quantized else dtype)
     base = read_base(d)
     if base is not None and with_base:
         state_dict = on_base(d, base, config, state_dict)

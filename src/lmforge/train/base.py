@@ -49,14 +49,17 @@ class Base:
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
     tokenizer: Tokenizer | None
+    transforms: tuple = ()  # `api.build_model` transforms: a quantized base's layers
 
 
 def load_base(spec: str) -> Base:
+    from lmforge.compress.checkpoint import transforms_for
+
     try:
-        config, state_dict, tokenizer, _ = load_weights(spec)
+        config, state_dict, tokenizer, meta = load_weights(spec)
     except LmforgeError as exc:
         raise LmforgeError(f"train.init_from = {spec!r}: {exc}") from None
-    return Base(spec, config, state_dict, tokenizer)
+    return Base(spec, config, state_dict, tokenizer, tuple(transforms_for(meta, state_dict)))
 
 
 def check_model_table(table: dict, config: ModelConfig, spec: str) -> None:
@@ -120,7 +123,7 @@ def build_from_base(base: Base, need: int, block_size: int) -> Transformer:
     if config.max_seq_len < block_size:
         raise LmforgeError(f"train.block_size = {block_size} exceeds train.init_from = "
                            f"{base.spec!r}'s max_seq_len ({config.max_seq_len}); lower it")
-    return build_model(config, base.state_dict)
+    return build_model(config, base.state_dict, transforms=base.transforms)
 
 
 @dataclass(frozen=True)
