@@ -102,10 +102,17 @@ def load(spec: str, dtype: str = "fp32", compile: bool = False,
     `compile`: decode steps through torch.compile (`lmforge.generate.compiled`); `adapter`:
     an adapter directory trained on this model, put on top (`lmforge.adapt.adapter`)."""
     source = resolve_model(spec)
-    config, state_dict, tokenizer, meta = load_weights(spec)
+    if dtype == "q":  # a GGUF's Q8_0/Q4_0/Q4_1 weights as they are, fp32 activations
+        from lmforge.compress.gguf_native import load_native
+
+        config, state_dict, tokenizer, meta, transforms = load_native(spec)
+        dtype = "fp32"
+    else:
+        config, state_dict, tokenizer, meta = load_weights(spec)
+        transforms = transforms_for(meta, state_dict)
     if tokenizer is None:
         raise LmforgeError(f"{source.path} has no tokenizer; add tokenizer files to generate")
-    model = build_model(config, state_dict, parse_dtype(dtype), transforms_for(meta, state_dict))
+    model = build_model(config, state_dict, parse_dtype(dtype), transforms)
     if adapter is not None:
         from lmforge.adapt.adapter import AdapterBase, load_adapter
 
