@@ -9,7 +9,7 @@ API's `logprobs`. Two functions:
 - `loglikelihood(model, context, continuations)`: Σ log p of each continuation given the
   context, and whether the whole continuation is the greedy one. Decoder families prefill
   the context once into a KV-cache slot and score every continuation from a copy of it,
-  several continuations as one right-padded (ragged) batch.
+  several continuations as one right-padded (ragged) batch (`lmforge.cached_scoring`).
 
 What "log p(x_t)" means per family (t counts from 0 over `ids`; `prefix` tokens of context
 come first and are never scored):
@@ -31,7 +31,7 @@ both sides, so their sum is not normalised over sequences and compares only betw
 encoders, never with a decoder's log-likelihood.
 
 Logits are fp32 (the model's head casts them); log-softmax is logit − logsumexp with the
-normaliser accumulated in float64 (see `distribution_scores`).
+normaliser accumulated in float64 (`cached_scoring.distribution_scores`).
 """
 
 from __future__ import annotations
@@ -42,15 +42,12 @@ from dataclasses import dataclass
 
 import torch
 
+from lmforge.cached_scoring import continuation_scores, distribution_scores
 from lmforge.errors import LmforgeError
-from lmforge.generate.cache import KVCache
-from lmforge.generate.core import encode_source, prefill, prompt_ids
 from lmforge.model.cross_attention import CrossMemory
 from lmforge.model.transformer import Transformer
 
 PLL_TOKENS = 8192  # tokens per forward pass of an encoder's masked copies
-BATCH_TOKENS = 2048  # positions per pass of ragged continuations (their logits are fp32)
-LSE_ROWS = 256  # rows of logits normalised at a time in float64
 
 
 @dataclass
@@ -87,20 +84,6 @@ class Loglikelihood:
     logprob: float  # Σ_t log p(c_t | context, c_<t)
     is_greedy: bool  # every c_t is the argmax given what precedes it
     token_logprobs: list[float]  # log p(c_t | context, c_<t), one per continuation token
-
-
-def distribution_scores(logits: torch.Tensor, targets: torch.Tensor, top: int = 0
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log p(targets), argmax == targets, top-k ids, top-k log p) of logits (N, V), targets
-    (N,): log softmax(z)_i = z_i − logsumexp(z), the normaliser summed in float64 (fp32
-    sums over SmolLM2's 49,152 logits drift by up to 1e-5 per token, a bias that adds up
-    over a continuation), a block of rows at a time to bound the float64 copy."""
-    logits = logits.float()
-    lse = torch.cat([z.double().logsumexp(-1) for z in logits.split(LSE_ROWS)])  # (N,)
-    logprobs = (logits.gather(-1, targets[:, None])[:, 0] - lse).float()
-    greedy = logits.argmax(-1) == targets
-    top_logits, top_ids = logits.topk(top, dim=-1)  # (N, k); k = 0 gives empty tensors
-    return logprobs, greedy, top_ids, (top_logits - lse[:, None]).float()
 
 
 def _as_ids(model: Transformer, ids: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
@@ -236,9 +219,10 @@ def loglikelihood_requests(model: Transformer, requests: Sequence[Request], *,
     """`loglikelihood` of several (context, continuations) requests at once: the examples
     of a task evaluated together.
 
-    A decoder prefills all the contexts in one right-padded pass, and the continuations of
-    every request share the scoring passes (each row starts from a copy of its own
-    context's slot), so small examples fill the matrix products; other families run the
+    A decoder prefills the contexts (each with the tokens all its continuations begin with)
+    in right-padded passes grouped by length, and the continuations of every request share
+    the scoring passes (each row starts from a copy of its own context's slot), so small
+    examples fill the matrix products (`lmforge.cached_scoring`); other families run the
     requests one after another. Equal, up to rounding, to one `loglikelihood` per request.
     """
     if batch < 1:
@@ -287,85 +271,11 @@ def _summed(scores: TokenScores) -> Loglikelihood:
                          scores.logprobs[scored].tolist())
 
 
-def _prefill_contexts(model: Transformer, cache: KVCache, starts: list[list[int]],
-                      sources: list[list[int] | None]) -> tuple[list[int], torch.Tensor]:
-    """(slots, logits (R, V) of each context's last position): a decoder's contexts in one
-    right-padded pass; one `prefill` each otherwise (a prefix decoder reads its context
-    bidirectionally, an encoder-decoder first encodes its source)."""
-    slots = [cache.allocate() for _ in starts]
-    if len(starts) > 1 and model.config.family == "decoder":
-        width = max(map(len, starts))
-        ids = torch.tensor([s + [0] * (width - len(s)) for s in starts], device=cache.k.device)
-        keep = torch.tensor([[len(s) - 1] for s in starts], device=cache.k.device)
-        step = cache.step(slots, n_new=[len(s) for s in starts], width=width)
-        return slots, model(ids, cache=step, keep=keep)[:, 0]
-    for slot, source in zip(slots, sources, strict=True):
-        if source:
-            encode_source(model, cache, slot, source)  # copied with the slot, like its keys
-    return slots, torch.stack([prefill(model, cache, slot, start).float()
-                               for slot, start in zip(slots, starts, strict=True)])
-
-
 def _cached_loglikelihood(model: Transformer, requests: list[tuple[list[int], list[list[int]]]],
                           batch: int, layout: list | None = None) -> list[list[Loglikelihood]]:
-    """Score every continuation of `requests` from copies of its context's slot; the
-    results in the shape of `layout` (the requests with those without continuations)."""
-    prompts = [prompt_ids(model, ctx) for ctx, _ in requests]  # enc-dec: ([start id], ctx)
-    rows = [(r, c) for r, (_, conts) in enumerate(requests) for c in conts]
-    longest = max(len(c) for _, c in rows)
-    sources = [source for _, source in prompts]
-    # the slots hold start + c[:-1]: the last token of c is scored, never read
-    cache = KVCache(model.config, len(requests) + min(batch, len(rows)),
-                    max(len(start) for start, _ in prompts) + longest - 1,
-                    dtype=model.dtype, device=model.device,
-                    source_len=max(map(len, sources)) if sources[0] else None)
-    bases, first = _prefill_contexts(model, cache, [start for start, _ in prompts], sources)
-    first = first.float()  # each context's last logits predict its continuations' c_0
-    slots = [cache.allocate() for _ in range(cache.n_free)]
-    scored: list[Loglikelihood | None] = [None] * len(rows)
-    for group in _groups([c for _, c in rows], len(slots)):
-        picked = [rows[i] for i in group]
-        for i, result in zip(group, _score_rows(model, cache, [bases[r] for r, _ in picked],
-                                                slots, first[[r for r, _ in picked]],
-                                                [c for _, c in picked]), strict=True):
-            scored[i] = result
-    it = iter(scored)
+    """Every continuation of `requests` scored from its context's cache
+    (`cached_scoring.continuation_scores`); the results in the shape of `layout` (the
+    requests with those without continuations)."""
+    it = (Loglikelihood(lp.double().sum().item(), bool(greedy.all()), lp.tolist())
+          for lp, greedy in continuation_scores(model, requests, batch))
     return [[next(it) for _ in conts] for _, conts in (layout or requests)]
-
-
-def _groups(continuations: list[list[int]], batch: int) -> list[list[int]]:
-    """Indices of the continuations in ragged batches: longest first (less padding), at
-    most `batch` rows and about BATCH_TOKENS positions per pass."""
-    order = sorted(range(len(continuations)), key=lambda i: -len(continuations[i]))
-    groups: list[list[int]] = []
-    for i in order:
-        g = groups[-1] if groups else None
-        width = len(continuations[g[0]]) if g else 0  # the group's longest row comes first
-        if g is None or len(g) == batch or (len(g) + 1) * width > BATCH_TOKENS:
-            groups.append([i])
-        else:
-            g.append(i)
-    return groups
-
-
-def _score_rows(model: Transformer, cache: KVCache, bases: list[int], slots: list[int],
-                first: torch.Tensor, rows: list[list[int]]) -> list[Loglikelihood]:
-    """Score continuations, row b from a copy of slot bases[b] (its keys, values and encoder
-    output) whose last logits are first[b], in one pass over c[:-1] of each row,
-    right-padded to the longest (`KVCache.step` with n_new per row)."""
-    slots = slots[: len(rows)]
-    for base, s in zip(bases, slots, strict=True):
-        cache.copy(base, s)
-    width = max(map(len, rows)) - 1
-    device = first.device
-    if width:
-        ids = torch.tensor([c[:-1] + [0] * (width + 1 - len(c)) for c in rows], device=device)
-        step = cache.step(slots, n_new=[len(c) - 1 for c in rows], width=width)
-        # (B, width, V): row b's output t predicts c_{t+1}
-        logits = model(ids, cache=step, memory=cache.cross(slots))
-    out = []
-    for b, c in enumerate(rows):
-        z = torch.cat([first[b, None], logits[b, : len(c) - 1]]) if width else first[b, None]
-        lp, greedy, _, _ = distribution_scores(z, torch.tensor(c, device=device))
-        out.append(Loglikelihood(lp.double().sum().item(), bool(greedy.all()), lp.tolist()))
-    return out
