@@ -143,6 +143,16 @@ def test_non_llama_models_are_refused(tmp_path: Path, tokenizer) -> None:
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.parametrize("field", [{"moe_experts": 4}, {"scale_attention": False},
+                                   {"norm_position": "post", "family": "decoder"}])
+def test_fields_gguf_cannot_express_are_refused(tmp_path: Path, tokenizer, field) -> None:
+    config = ModelConfig(**{**TINY, **field})
+    sd = Transformer(config).state_dict()
+    name = next(iter(field))
+    with pytest.raises(LmforgeError, match=f"this model has {name}="):
+        write_gguf(tmp_path / "m.gguf", config, sd, tokenizer)
+
+
 def test_non_bpe_tokenizer_is_refused(tmp_path: Path) -> None:
     config, sd = tiny(vocab_size=40)
     chars = train_char(["abc def"], 40, progress=False)

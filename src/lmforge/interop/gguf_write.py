@@ -24,6 +24,7 @@ byte-level BPE (GGUF `tokenizer.ggml.model = "gpt2"`); see `tokenizer_metadata`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import gguf
@@ -33,7 +34,7 @@ from gguf.constants import GGMLQuantizationType as T
 
 from lmforge.errors import LmforgeError
 from lmforge.interop import layout
-from lmforge.interop.gguf import GGUF_NAMES, permute_qk
+from lmforge.interop.gguf import GGUF_NAMES, config_from_gguf, permute_qk
 from lmforge.interop.threads import single_threaded
 from lmforge.io import atomic_write
 from lmforge.model.config import ModelConfig
@@ -45,10 +46,6 @@ TYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q
 FILE_TYPES = {T.F32: gguf.LlamaFileType.ALL_F32, T.F16: gguf.LlamaFileType.MOSTLY_F16,
               T.BF16: gguf.LlamaFileType.MOSTLY_BF16, T.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
               T.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0, T.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1}
-# what `gguf.py` reads back: every field a llama-architecture GGUF cannot express
-LLAMA_FIELDS = {"family": "decoder", "norm": "rmsnorm", "mlp": "swiglu", "position": "rope",
-                "norm_position": "pre", "type_vocab_size": 0, "moe_experts": 0,
-                "scale_attention": True, "head_rescale": False}
 _TORCH_HALF = {T.F16: torch.float16, T.BF16: torch.bfloat16}
 _BYTES = {T.F16: np.float16, T.BF16: np.uint16}  # numpy dtypes holding their bits
 
@@ -62,16 +59,43 @@ def parse_type(name: str) -> T:
                            f"{', '.join(TYPES)}") from None
 
 
+def llama_metadata(config: ModelConfig) -> dict[str, int | float]:
+    """The `llama.*` keys of `config`, as `gguf.config_from_gguf` reads them back."""
+    meta: dict[str, int | float] = {
+        "block_count": config.n_layer, "context_length": config.max_seq_len,
+        "embedding_length": config.d_model, "feed_forward_length": config.d_ff,
+        "attention.head_count": config.n_head, "attention.head_count_kv": config.n_kv_head,
+        "rope.freq_base": float(config.rope_theta), "rope.dimension_count": config.head_dim,
+        "attention.layer_norm_rms_epsilon": float(config.norm_eps),
+        "vocab_size": config.vocab_size}
+    if config.head_dim != config.d_model // config.n_head:
+        # llama.cpp takes the head size from key_length (default d_model / n_head)
+        meta["attention.key_length"] = meta["attention.value_length"] = config.head_dim
+    return {f"llama.{k}": v for k, v in meta.items()}
+
+
+def _same(ours, back) -> bool:
+    if isinstance(ours, float):  # GGUF stores these as float32
+        return bool(np.float32(ours) == np.float32(back))
+    return ours == back
+
+
 def check_llama(config: ModelConfig) -> None:
-    """Raise LmforgeError unless `config` is a model GGUF's `llama` architecture describes."""
-    wrong = {k: getattr(config, k) for k, v in LLAMA_FIELDS.items() if getattr(config, k) != v}
+    """Raise LmforgeError unless the GGUF `llama` architecture describes `config` whole: the
+    config `gguf.config_from_gguf` reads back from our metadata must be `config` (so a field
+    added later that GGUF cannot express is refused, never dropped)."""
+    names = set() if config.tie_embeddings else {"output.weight"}
+    if config.bias:
+        names.add("blk.0.attn_q.bias")
+    back = config_from_gguf({"general.architecture": "llama", **llama_metadata(config)}, names)
+    wrong = [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items()
+             if not _same(v, getattr(back, k))]
     if wrong:
-        have = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
         raise LmforgeError(
             f"GGUF export writes llama-architecture models only (a pre-norm decoder with "
-            f"rmsnorm, swiglu, rope, no mixture of experts); this model has {have}. Keep it "
-            "as an lmforge checkpoint or a Hugging Face directory (`lmforge convert --to "
-            "lmforge|hf`)")
+            f"rmsnorm, swiglu, rope, no mixture of experts); this model has "
+            f"{', '.join(wrong)}. Keep it as an lmforge checkpoint or a Hugging Face "
+            "directory (`lmforge convert --to lmforge|hf`)")
 
 
 def tensor_type(name: str, shape: tuple[int, ...], qtype: T) -> T:
@@ -112,20 +136,11 @@ def add_model_metadata(w: gguf.GGUFWriter, config: ModelConfig, name: str, qtype
     w.add_name(name)
     w.add_file_type(FILE_TYPES[qtype])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    w.add_block_count(config.n_layer)
-    w.add_context_length(config.max_seq_len)
-    w.add_embedding_length(config.d_model)
-    w.add_feed_forward_length(config.d_ff)
-    w.add_head_count(config.n_head)
-    w.add_head_count_kv(config.n_kv_head)
-    w.add_rope_freq_base(config.rope_theta)
-    w.add_layer_norm_rms_eps(config.norm_eps)
-    w.add_vocab_size(config.vocab_size)
-    w.add_rope_dimension_count(config.head_dim)
-    if config.head_dim != config.d_model // config.n_head:
-        # llama.cpp takes the head size from key_length (default d_model / n_head)
-        w.add_key_length(config.head_dim)
-        w.add_value_length(config.head_dim)
+    for key, value in llama_metadata(config).items():
+        if isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_uint32(key, value)
 
 
 def tokenizer_metadata(w: gguf.GGUFWriter, tokenizer: BPETokenizer, vocab_size: int) -> None:
