@@ -82,6 +82,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="one JSON record per passage")
     s.set_defaults(func=cmd_search)
 
+    a = sub.add_parser(
+        "ask", help="answer a question from a collection, citing the passages used",
+        description="Retrieves passages, drops those whose cosine with the question is under "
+                    "--min-relevance (none left: \"I don't know\", no generation), puts the "
+                    "best that fit --context-tokens into the prompt as [1], [2], …, streams "
+                    "the model's answer and lists the sources. --check scores each cited "
+                    "passage: answer terms found in it and the model's likelihood of the "
+                    "answer with the passage against without it.")
+    _store_args(a)
+    _retrieval_args(a)
+    a.add_argument("question")
+    a.add_argument("--model", required=True, help="the generating model (e.g. smollm2)")
+    a.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    a.add_argument("--max-tokens", type=int, default=256, help="answer length limit (256)")
+    a.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    a.add_argument("--context-tokens", type=int, default=2048,
+                   help="prompt budget in tokens; the least relevant passages are left out "
+                        "first (default 2048)")
+    a.add_argument("--min-relevance", type=float, default=None,
+                   help="cosine of passage and question needed to use a passage (0.3)")
+    a.add_argument("--check", action="store_true",
+                   help="score whether each cited passage supports the answer")
+    a.set_defaults(func=cmd_ask)
+
 
 def _embedder(args: argparse.Namespace, store):
     from lmforge.rag.embedder import load_embedder
@@ -131,3 +155,46 @@ def cmd_search(args: argparse.Namespace) -> None:
         text = " ".join(h.text.split())
         shown = text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + " …"
         print(textwrap.indent(textwrap.fill(shown, 96), "    "))
+
+
+def cmd_ask(args: argparse.Namespace) -> None:
+    from lmforge.api import load
+    from lmforge.errors import LmforgeError
+    from lmforge.rag.answer import (
+        DONT_KNOW,
+        MIN_RELEVANCE,
+        build_prompt,
+        check_support,
+        relevant_passages,
+        stream_answer,
+        supported_rate,
+    )
+    from lmforge.rag.store import VectorStore
+
+    lm = load(args.model, dtype=args.dtype)
+    if not lm.config.causal:
+        raise LmforgeError(f"--model {args.model} is an encoder; ask needs a generating model "
+                           "such as smollm2")
+    budget = min(args.context_tokens, lm.config.max_seq_len - args.max_tokens)
+    floor = MIN_RELEVANCE if args.min_relevance is None else args.min_relevance
+    with VectorStore(args.db, args.token) as store:
+        passages = relevant_passages(retriever(args, store), args.question, args.k, args.mode,
+                                     args.filter, floor)
+    if not passages:
+        print(DONT_KNOW)
+        return
+    ids, kept = build_prompt(lm.tokenizer, args.question, passages, budget)
+    answer = ""
+    for text in stream_answer(lm, ids, args.max_tokens, args.temperature):
+        answer += text
+        print(text, end="", flush=True)
+    print("\n\nSources:")
+    for p in kept:
+        print(f"[{p.number}] {p.hit.source} #{p.hit.position} (relevance {p.relevance:.2f})")
+    if args.check:
+        checks = check_support(lm, args.question, answer, kept)
+        for c in checks:
+            label = f"[{c.number}]" if c.number else "(no citation)"
+            print(f"{label} terms found {c.overlap:.0%}, likelihood lift {c.lift:+.2f} nats/"
+                  f"token: {'supported' if c.supported else 'NOT supported'}")
+        print(f"supported-answer rate: {supported_rate(checks):.2f}")
