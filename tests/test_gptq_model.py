@@ -93,6 +93,8 @@ def test_model_errors():
         gptq_weights(tiny(), "fp8-e5m2", batches(), progress=False)
     with pytest.raises(LmforgeError, match="calibration batches"):
         gptq_weights(tiny(), SCHEME, [], progress=False)
+    with pytest.raises(LmforgeError, match="are token ids"):
+        gptq_weights(tiny(), SCHEME, [torch.randn(2, 8, 64)], progress=False)
     with pytest.raises(LmforgeError, match="encoder-decoder"):
         gptq_weights(tiny(family="encoder_decoder", position="relative"), SCHEME, batches(),
                      progress=False)

@@ -87,6 +87,9 @@ def block_inputs(model: nn.Module, batches: Sequence[torch.Tensor]) -> Inputs:
     handle = model.layers[0].register_forward_pre_hook(catch)
     try:
         for ids in batches:
+            if ids.is_floating_point() or ids.dim() not in (1, 2):
+                raise LmforgeError(f"calibration batches are token ids, (B, T) or (T,) "
+                                   f"integers; got {ids.dtype} of shape {tuple(ids.shape)}")
             ids = ids if ids.dim() == 2 else ids.view(1, -1)
             try:
                 model.hidden(ids.to(model.device))
