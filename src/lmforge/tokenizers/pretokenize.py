@@ -34,6 +34,7 @@ QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
 # GGUF `tokenizer.ggml.pre` name -> regexes, as llama.cpp's llm_tokenizer_bpe lists them.
 PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "gpt2": (GPT2,),
+    "gpt-2": (GPT2,),  # llama.cpp's spelling (its converter writes it; "gpt2" it refuses)
     "default": (GPT2,),  # Hugging Face's reading; llama.cpp adds three punctuation/digit passes
     "smollm": (DIGIT, GPT2),  # SmolLM's tokenizer.json: Sequence[Digits(individual), ByteLevel]
     "starcoder": (DIGIT, GPT2),
