@@ -47,8 +47,9 @@ def tiny(**fields) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     return config, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def logits(config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
-    ids = torch.tensor([[5, 17, 200, 3, 99, 42, 7, 250]])
+def logits(config: ModelConfig, state_dict: dict[str, torch.Tensor],
+           ids: list[list[int]] | None = None) -> torch.Tensor:
+    ids = torch.tensor(ids or [[5, 17, 200, 3, 99, 42, 7, 250]])
     with torch.no_grad():
         return build_model(config, state_dict)(ids)
 
@@ -116,7 +117,8 @@ def test_tokenizer_round_trips(tmp_path: Path, tokenizer) -> None:
     assert back.added.special_ids == tokenizer.added.special_ids == {0, 1}
     text = "the cat<|im_end|> sat 123 on a hat<|endoftext|>"
     assert back.encode(text) == tokenizer.encode(text)
-    assert back.pre.name == tokenizer.pre.name == "gpt2"
+    assert tokenizer.pre.name == "gpt2" and back.pre.name == "gpt-2"  # llama.cpp's name
+    assert back.pre.patterns == tokenizer.pre.patterns
 
 
 def test_transformers_loads_a_tiny_export(tmp_path: Path, tokenizer) -> None:
@@ -191,3 +193,20 @@ def test_smollm2_f32_export_matches_transformers(tmp_path: Path, smollm2) -> Non
     with torch.no_grad():
         diff = (smollm2.model(ids) - hf(ids).logits).abs().max().item()
     assert diff <= 1e-4
+
+
+@pytest.mark.slow
+def test_llama_cpp_loads_a_tiny_export(tmp_path: Path, tokenizer) -> None:
+    """Runs where llama-cpp-python is installed (the benchmark extra); skipped elsewhere."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    config, sd = tiny()  # biases, GQA, key_length ≠ d_model / n_head, untied head, padding
+    write_gguf(tmp_path / "tiny.gguf", config, sd, tokenizer)
+    # an f32 KV cache (type 0): the default f16 cache alone moves logits by ~1e-2
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "tiny.gguf"), logits_all=True, n_ctx=64,
+                          n_threads=1, verbose=False, type_k=0, type_v=0)
+    text = "the cat sat on the mat<|im_end|> hello world 123"
+    ids = tokenizer.encode(text)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+    llm.eval(ids)
+    ref = torch.from_numpy(np.array(llm.scores[:len(ids)], dtype=np.float32))
+    assert (logits(config, sd, [ids])[0] - ref).abs().max().item() <= 1e-4

@@ -46,6 +46,8 @@ TYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q
 FILE_TYPES = {T.F32: gguf.LlamaFileType.ALL_F32, T.F16: gguf.LlamaFileType.MOSTLY_F16,
               T.BF16: gguf.LlamaFileType.MOSTLY_BF16, T.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
               T.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0, T.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1}
+# our pre-tokenizer name → llama.cpp's, where they differ (llama.cpp refuses "gpt2")
+LLAMA_CPP_PRE = {"gpt2": "gpt-2"}
 _TORCH_HALF = {T.F16: torch.float16, T.BF16: torch.bfloat16}
 _BYTES = {T.F16: np.float16, T.BF16: np.uint16}  # numpy dtypes holding their bits
 
@@ -166,7 +168,7 @@ def tokenizer_metadata(w: gguf.GGUFWriter, tokenizer: BPETokenizer, vocab_size: 
         types[t.id] = gguf.TokenType.CONTROL if t.special else gguf.TokenType.USER_DEFINED
     padding = range(n, vocab_size)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(tokenizer.pre.name)
+    w.add_tokenizer_pre(LLAMA_CPP_PRE.get(tokenizer.pre.name, tokenizer.pre.name))
     w.add_token_list([*tokenizer.tokens, *(f"[PAD{i}]" for i in padding)])
     w.add_token_types([*types, *(gguf.TokenType.UNUSED for _ in padding)])
     w.add_token_merges([f"{a} {b}" for a, b in tokenizer.merges])
