@@ -63,10 +63,3 @@ def transforms_for(metadata: Mapping, state_dict: Mapping[str, torch.Tensor]
                            "no quantized weights (no *.codes tensors); the checkpoint is damaged")
     return [lambda model: install_empty(model, quantization, names)]
 
-
-def file_bytes(directory: str | Path) -> int:
-    """Bytes of a model on disk: a .gguf file, or every file of a directory."""
-    path = Path(directory)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
