@@ -23,6 +23,7 @@ import torch
 
 from lmforge.adapt.commands import register as register_adapt
 from lmforge.adapt.distill_commands import register as register_distill
+from lmforge.compress.commands import register as register_quantize
 from lmforge.console import chat_loop, print_answer, take_dropped
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import COMPILE_HELP, HELP, GenerationConfig
@@ -416,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_ngram(sub)
     register_adapt(sub)
     register_distill(sub)
+    register_quantize(sub)
     register_rag(sub)
     return parser
 
