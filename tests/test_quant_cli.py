@@ -66,6 +66,21 @@ def test_quantize_writes_a_directory_generate_loads(float_dir, tmp_path, capsys)
     assert code == 0 and text.strip()
 
 
+def test_gptq_records_its_calibration(float_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "gptq"
+    code, text, _ = run(capsys, "quantize", "--model", float_dir, "--scheme", "int4-g32",
+                        "--method", "gptq", "--calib", str(DATA / "wikitext-2" / "test.txt"),
+                        "--calib-samples", "4", "--calib-len", "32", "--out", str(out))
+    assert code == 0 and "quantized to int4-g32 (gptq)" in text
+    section = json.loads((out / "config.json").read_text())["quantization"]
+    assert section["method"] == "gptq"
+    assert section["calibration"] == {"file": "test.txt", "samples": 4, "seq_len": 32}
+    rtn = lmforge.load(float_dir)
+    quantize_model(rtn.model, "int4-g32")
+    gptq = lmforge.load(str(out)).model
+    assert not torch.equal(gptq.layers[0].attn.qkv.codes, rtn.model.layers[0].attn.qkv.codes)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--scheme", "int3"], "unknown quantization scheme 'int3'"),
     (["--scheme", "int8", "--method", "gptq"], "--method gptq needs --calib"),
