@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmforge.compress.linear import QuantLinear
+from lmforge.compress.linear import QuantLinear, fp8_scaled_product
 from lmforge.compress.schemes import FP8_DTYPES, Scheme, pack_int4, rtn, unpack_int4
 from lmforge.errors import LmforgeError
 
@@ -130,3 +130,18 @@ def test_odd_row_counts_fall_back_to_dequantize() -> None:
     assert layer.kernel == "dequant_mm"
     x = torch.randn(4, 256)
     torch.testing.assert_close(layer(x), x @ layer.dequantize().t())
+
+
+@pytest.mark.parametrize("name", ["fp8-e4m3", "fp8-e5m2-tensor"])
+def test_fp8_scaled_product_rounds_activations_to_e4m3(name: str) -> None:
+    """The CUDA path's arithmetic (torch._scaled_mm), run by PyTorch's CPU implementation:
+    x scaled per row into e4m3, times the fp8 weight, rescaled."""
+    if not hasattr(torch, "_scaled_mm"):
+        pytest.skip("this PyTorch has no _scaled_mm")
+    q = rtn(Scheme.parse(name), weight())
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(2))
+    s = x.abs().amax(-1, keepdim=True) / torch.finfo(torch.float8_e4m3fn).max
+    xq = (x / s).to(torch.float8_e4m3fn).double() * s.double()
+    ref = xq @ q.dequantize().double().t()
+    y = fp8_scaled_product(x, q.codes, q.scale)  # bf16 output, cast back
+    assert ((y.double() - ref).abs() / ref.abs().amax()).max() < 1e-2

@@ -200,6 +200,6 @@ def fp8_scaled_product(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor
     wants the second operand column-major: the transposed row-major weight is)."""
     s_t = row_scales(x, torch.finfo(torch.float8_e4m3fn).max)
     xq = (x.float() / s_t).to(torch.float8_e4m3fn)
-    s_w = scale.float().expand(codes.shape[0]).reshape(1, -1)
+    s_w = scale.float().expand(codes.shape[0]).reshape(1, -1).contiguous()
     y = torch._scaled_mm(xq, codes.t(), scale_a=s_t, scale_b=s_w, out_dtype=torch.bfloat16)
     return y.to(x.dtype)
