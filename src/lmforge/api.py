@@ -23,6 +23,7 @@ from lmforge.interop.fingerprint import content_hash
 from lmforge.interop.load import load_weights, resolve_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.linear import pack_for_inference
+from lmforge.model.rope_scaling import with_rope_scaling
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizers.base import Tokenizer
 
@@ -97,10 +98,12 @@ def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor],
 
 
 def load(spec: str, dtype: str = "fp32", compile: bool = False,
-         adapter: str | Path | None = None) -> LoadedModel:
+         adapter: str | Path | None = None, rope_scaling: str | None = None) -> LoadedModel:
     """Load a built-in model name, a .gguf file, a Hugging Face or an lmforge directory;
     `compile`: decode steps through torch.compile (`lmforge.generate.compiled`); `adapter`:
-    an adapter directory trained on this model, put on top (`lmforge.adapt.adapter`)."""
+    an adapter directory trained on this model, put on top (`lmforge.adapt.adapter`);
+    `rope_scaling`: "METHOD:FACTOR" (linear, ntk, yarn; `lmforge.model.rope_scaling`) to
+    run past the trained context window, or "none"."""
     source = resolve_model(spec)
     if dtype == "q":  # a GGUF's Q8_0/Q4_0/Q4_1 weights as they are, fp32 activations
         from lmforge.compress.gguf_native import load_native
@@ -110,6 +113,8 @@ def load(spec: str, dtype: str = "fp32", compile: bool = False,
     else:
         config, state_dict, tokenizer, meta = load_weights(spec)
         transforms = transforms_for(meta, state_dict)
+    if rope_scaling is not None:
+        config = with_rope_scaling(config, rope_scaling)
     if tokenizer is None:
         raise LmforgeError(f"{source.path} has no tokenizer; add tokenizer files to generate")
     model = build_model(config, state_dict, parse_dtype(dtype), transforms)

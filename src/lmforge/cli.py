@@ -26,6 +26,8 @@ from lmforge.adapt.distill_commands import register as register_distill
 from lmforge.compress.commands import register as register_quantize
 from lmforge.console import chat_loop, print_answer, take_dropped
 from lmforge.errors import LmforgeError
+from lmforge.eval.context_curve import add_eval_args as add_long_eval_args
+from lmforge.eval.context_curve import cmd_ctx_curve
 from lmforge.generate.config import COMPILE_HELP, HELP, GenerationConfig
 from lmforge.generate.context import fit_context
 from lmforge.hardware import thread_count
@@ -51,6 +53,9 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="CPU threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
+    p.add_argument("--rope-scaling", default=None, metavar="METHOD:FACTOR",
+                   help="run a RoPE model past its trained window: linear:S, ntk:S or yarn:S "
+                        "(S times the window; docs/long_context.md)")
 
 
 def json_object(text: str) -> dict:
@@ -74,6 +79,8 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
         elif f.name == "logit_bias":
             p.add_argument(flag, type=json_object, default=None, metavar="JSON",
                            help=HELP[f.name] + ', as JSON: \'{"50256": -100}\'')
+        elif hint is bool:
+            p.add_argument(flag, action="store_true", default=None, help=HELP[f.name])
         else:
             kind = int if hint in (int, int | None) else float
             p.add_argument(flag, type=kind, default=None, help=HELP[f.name])
@@ -93,7 +100,8 @@ def load(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(args.model, dtype=args.dtype, compile=args.compile, adapter=args.adapter)
+    return load_model(args.model, dtype=args.dtype, compile=args.compile, adapter=args.adapter,
+                      rope_scaling=args.rope_scaling)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -175,6 +183,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
         if args.compile:
             raise LmforgeError("--compile goes with --model: with --api the server decodes "
                                "(start it with `lmforge serve --compile`)")
+        if args.context_shift or args.rope_scaling:
+            raise LmforgeError("--context-shift and --rope-scaling go with a local --model, "
+                               "not with --api")
         if args.adapter:
             raise LmforgeError("--adapter goes with a local --model: with --api, start the "
                                "server with `lmforge serve --adapter DIR` and pick "
@@ -224,9 +235,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         text = text[: args.chars]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ctx_curve:
+        return cmd_ctx_curve(args, text)
     records = [{**evaluate_model(m, text, args.ctx, args.dtype, progress=True,
-                                 adapter=args.adapter),
-                "input": args.input} for m in args.model]
+                                 adapter=args.adapter, stride=args.stride, rope_scaling=s),
+                "input": args.input} for m in args.model for s in (args.rope_scaling or [None])]
     if args.json:
         print("\n".join(json.dumps(r) for r in records))
     elif len(records) == 1:
@@ -334,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "eval", help="perplexity and bits per byte on a text (--input), or tasks (--tasks)",
         description="Neural models score the text in non-overlapping windows of --ctx tokens "
-                    "(the first token of each window has no context and is not scored). "
+                    "(the first token of each window has no context and is not scored), or "
+                    "in sliding windows with --stride; --ctx-curve draws perplexity against "
+                    "context length (docs/long_context.md). "
                     "N-gram ARPA models score each line as a sentence; their perplexity "
                     "leaves out-of-vocabulary words out (SRILM). Bits per byte and per "
                     "character divide the total NLL (in bits) by the UTF-8 bytes or "
@@ -351,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
     e.add_argument("--input", default=None, help="a UTF-8 text file (perplexity)")
     e.add_argument("--ctx", type=int, default=1024, help="window length in tokens")
+    add_long_eval_args(e)
     e.add_argument("--chars", type=int, default=None, help="score only the first N characters")
     e.add_argument("--json", action="store_true", help="print one JSON record per model")
     e.add_argument("--tasks", action="append", default=None, metavar="LIST",

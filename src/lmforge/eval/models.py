@@ -54,26 +54,31 @@ def evaluate_ngram(spec: str, text: str, progress: bool = False) -> dict:
 
 
 def evaluate_neural(spec: str, text: str, ctx: int, dtype: str = "fp32",
-                    progress: bool = False, adapter: str | None = None) -> dict:
+                    progress: bool = False, adapter: str | None = None,
+                    stride: int | None = None, rope_scaling: str | None = None) -> dict:
     from lmforge.api import load
     from lmforge.eval.perplexity import evaluate
 
-    lm = load(spec, dtype=dtype, adapter=adapter)
+    lm = load(spec, dtype=dtype, adapter=adapter, rope_scaling=rope_scaling)
     ids = lm.tokenizer.encode(text, parse_special=False)
-    result = evaluate(lm.model, ids, len(text.encode("utf-8")), ctx, progress=progress)
+    result = evaluate(lm.model, ids, len(text.encode("utf-8")), ctx, progress=progress,
+                      stride=stride)
     bits_per_char = result.nll / (math.log(2) * len(text))
     return {"kind": "neural", **result.to_dict(), "chars": len(text),
             "bits_per_char": bits_per_char}
 
 
 def evaluate_model(spec: str, text: str, ctx: int = 1024, dtype: str = "fp32",
-                   progress: bool = False, adapter: str | None = None) -> dict:
-    """The record of one model on `text` (see the module docstring)."""
+                   progress: bool = False, adapter: str | None = None,
+                   stride: int | None = None, rope_scaling: str | None = None) -> dict:
+    """The record of one model on `text` (see the module docstring); `stride` and
+    `rope_scaling` apply to neural models (`eval.perplexity`, `model.rope_scaling`)."""
     if is_arpa(spec):
-        record = evaluate_ngram(spec, text, progress)
-    else:
-        record = evaluate_neural(spec, text, ctx, dtype, progress, adapter)
-    return {"model": spec, **record}
+        return {"model": spec, **evaluate_ngram(spec, text, progress)}
+    record = evaluate_neural(spec, text, ctx, dtype, progress, adapter, stride, rope_scaling)
+    if rope_scaling is None:
+        return {"model": spec, **record}
+    return {"model": f"{spec} {rope_scaling}", **record, "rope_scaling": rope_scaling}
 
 
 def format_record(r: dict) -> str:

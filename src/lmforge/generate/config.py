@@ -3,8 +3,8 @@
 Names follow the OpenAI API where one exists (`max_tokens`, `temperature`, `top_p`, `stop`,
 `seed`, `presence_penalty`, `frequency_penalty`, `logit_bias`, `n`) and the usual
 extensions otherwise (`top_k`, `min_p`, `repetition_penalty`, `no_repeat_ngram_size`,
-`num_beams`, `length_penalty`, `min_tokens`). CLI flags are the same names with dashes.
-Temperature 0 means greedy decoding.
+`num_beams`, `length_penalty`, `min_tokens`; `context_shift` and `n_keep` as llama.cpp's).
+CLI flags are the same names with dashes. Temperature 0 means greedy decoding.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ MAX_STOPS = 16
 # text withheld (and the work of matching it at every token).
 MAX_STOP_CHARS = 1000
 
+# Settings of the local front ends (CLI, Python API) that the server does not take: a
+# context shift rewrites a KV slot whose tokens the server keeps for prefix reuse.
+LOCAL_ONLY = frozenset({"context_shift", "n_keep"})
+
 HELP = {
     "max_tokens": "most new tokens to generate",
     "min_tokens": "fewest new tokens before a stop token may end the answer",
@@ -42,6 +46,10 @@ HELP = {
     "n": "number of answers per prompt",
     "num_beams": "beam search with this many beams (1: off)",
     "length_penalty": "beam score = log-probability / length^length_penalty",
+    "context_shift": "go on past a full context window: keep the first n_keep tokens, drop "
+                     "the oldest half of the rest and re-read what is kept (llama.cpp's "
+                     "context shift; decoders only)",
+    "n_keep": "tokens at the start of the prompt a context shift keeps (a system prompt)",
 }
 
 
@@ -63,6 +71,8 @@ class GenerationConfig:
     n: int = 1
     num_beams: int = 1
     length_penalty: float = 1.0
+    context_shift: bool = False
+    n_keep: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -85,6 +95,7 @@ class GenerationConfig:
             ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"),
             ("n", 1 <= self.n <= 128, "between 1 and 128"),
             ("num_beams", 1 <= self.num_beams <= 64, "between 1 and 64"),
+            ("n_keep", self.n_keep >= 0, "0 or more"),
             ("stop", len(self.stop) <= MAX_STOPS
              and all(0 < len(s) <= MAX_STOP_CHARS for s in self.stop),
              f"at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS:,} characters"),
@@ -95,6 +106,9 @@ class GenerationConfig:
             if not ok:
                 raise LmforgeError(f"{name}={excerpt(getattr(self, name))} is invalid: it must "
                                    f"be {want}")
+        if self.context_shift and self.num_beams > 1:
+            raise LmforgeError("context_shift goes with sampling or greedy decoding, not beam "
+                               "search: set num_beams=1 or leave context_shift off")
         if self.num_beams > 1 and self.n > self.num_beams:
             raise LmforgeError(f"n={self.n} answers need at least as many beams "
                                f"(num_beams={self.num_beams})")

@@ -13,8 +13,11 @@ token and the answer:
 When max_tokens was given explicitly and does not fit, that is an error (as OpenAI's API
 answers `context_length_exceeded`), never a silent cut. When it was not given,
 `config.max_tokens` is a default, lowered to the room the window leaves. Either way the
-room must hold at least max(1, min_tokens) tokens. Going past the window (a context shift)
-is not done here.
+room must hold at least max(1, min_tokens) tokens.
+
+With `context_shift` (decoders; `generate/shift.py`) the answer goes on past the window, so
+max_tokens is not bounded by it: the prompt must leave room for one token, and the n_keep
+tokens a shift keeps must leave two to drop (n_keep ≤ window − 2).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def fit_context(prompt_len: int, config: GenerationConfig, max_tokens_given: boo
     `window` tokens (the rule of the module docstring). Raises LmforgeError naming the
     window, the prompt's length and max_tokens, and how to fix it, when they do not fit.
     `what` names the prompt in that message ("prompt", "messages")."""
+    if config.context_shift:
+        return _fit_shifting(prompt_len, config, window, encoder_decoder, what)
     used = 1 if encoder_decoder else prompt_len  # the decoder's start token, or the prompt
     room = window - used
     least = max(1, config.min_tokens)
@@ -42,6 +47,21 @@ def fit_context(prompt_len: int, config: GenerationConfig, max_tokens_given: boo
     if max_tokens_given or mt <= room:
         return config
     return dataclasses.replace(config, max_tokens=room)
+
+
+def _fit_shifting(prompt_len: int, config: GenerationConfig, window: int,
+                  encoder_decoder: bool, what: str) -> GenerationConfig:
+    """The config of a row that shifts its context (the rule of the module docstring)."""
+    if encoder_decoder:
+        raise LmforgeError("context_shift needs a decoder; an encoder-decoder's answer is "
+                           "bounded by its decoder window")
+    if prompt_len >= window:
+        raise LmforgeError(f"this model's context window is {window} tokens, but the {what} "
+                           f"has {prompt_len} tokens; shorten it to at most {window - 1}")
+    if min(config.n_keep, prompt_len) > window - 2:
+        raise LmforgeError(f"n_keep={config.n_keep} keeps too much of the {what} for a "
+                           f"context shift to free room; lower it to at most {window - 2}")
+    return config
 
 
 def _overflow(prompt_len: int, config: GenerationConfig, max_tokens_given: bool, window: int,

@@ -3,7 +3,8 @@
     prefill / decode_step   one forward pass over the cache, logits out
     encode_source           an encoder-decoder's source, encoded once into a slot
     Batch                   rows that decode together: start a row (prefill and first token),
-                            then one step for every row at once
+                            then one step for every row at once (a row with
+                            `context_shift` shifts when its slot is full: generate/shift.py)
 
 `generate_ids` (the CLI, the Python API, the web UI) and the server's continuous-batching
 scheduler both drive a `Batch`; each row decides its tokens through its own `RowDecoder`
@@ -22,6 +23,7 @@ from lmforge.errors import LmforgeError
 from lmforge.generate.cache import KVCache
 from lmforge.generate.compiled import decode_forward
 from lmforge.generate.row import RowDecoder, Step
+from lmforge.generate.shift import shifted
 from lmforge.model.cross_attention import CrossMemory
 from lmforge.model.prefix import PrefixKV, attached_prefix
 from lmforge.model.transformer import Transformer
@@ -143,6 +145,9 @@ class Batch:
     def join(self, slot: int, decoder: RowDecoder, logits: torch.Tensor) -> Step:
         """A prefilled slot starts decoding: its first token from the prefill's last logits
         (V,); it joins the batch unless that token ended it."""
+        if decoder.context is not None and self.model.config.family != "decoder":
+            raise LmforgeError(f"context_shift needs a decoder (it re-reads the kept tokens "
+                               f"causally); this model is a {self.model.config.family}")
         row = Row(slot, decoder)
         step = self._advance(row, logits, None)
         if step.finish_reason is None:
@@ -153,6 +158,9 @@ class Batch:
         """One decode step over every row; rows that end leave the batch (their slots stay
         allocated: the caller frees or keeps them)."""
         rows = [self.rows[s] for s in sorted(self.rows)]  # ascending: often one block
+        for r in rows:
+            if r.decoder.context is not None and self.cache.lengths[r.slot] == self.cache.max_len:
+                self.shift(r)
         logits = decode_step(self.model, self.cache, [r.slot for r in rows],
                              [r.decoder.last for r in rows])
         greedy = logits.argmax(dim=-1).tolist()
@@ -162,11 +170,22 @@ class Batch:
                 del self.rows[r.slot]
         return out
 
+    def shift(self, row: Row) -> None:
+        """Context shift of a row whose slot is full (`generate/shift.py`): the slot keeps
+        its first n_keep positions and gets the other kept tokens prefilled after them."""
+        *fed, last = row.decoder.context  # `last` is fed by the next decode step
+        n_keep = row.decoder.n_keep
+        kept = shifted(fed, n_keep)
+        self.cache.truncate(row.slot, self.cache.prefix_len[row.slot] + n_keep)
+        prefill(self.model, self.cache, row.slot, kept[n_keep:])
+        row.decoder.context = kept + [last]
+
     def remove(self, slot: int) -> None:
         """Take a slot's row out of the batch (cancelled or failed), if it is running."""
         self.rows.pop(slot, None)
 
     def _advance(self, row: Row, logits: torch.Tensor, argmax: int | None) -> Step:
         token = row.decoder.choose(logits, argmax)
-        room = self.cache.lengths[row.slot] < self.cache.max_len
+        # a row that shifts its context always has room (`shift` makes it)
+        room = row.decoder.context is not None or self.cache.lengths[row.slot] < self.cache.max_len
         return row.decoder.accept(token, room, logits)

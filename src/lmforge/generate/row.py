@@ -11,8 +11,9 @@ the batch it ran in). A caller may add processors of its own (a grammar, later).
     step = row.accept(tok, room_left)    # text delta, finish reason, log-probabilities
 
 Finish rules: a stop token or a stop string ("stop"); max_tokens new tokens, or a full
-context window ("length"). Ids the tokenizer cannot decode (an encoder-decoder's sentinels
-past a character vocabulary) are masked out of the choice, so whatever is chosen decodes.
+context window unless the row shifts it (`context_shift`) ("length"). Ids the tokenizer
+cannot decode (an encoder-decoder's sentinels past a character vocabulary) are masked out
+of the choice, so whatever is chosen decodes.
 
 Log-probabilities are those of the model, log softmax(logits) before any processor (as
 vLLM's default and `lmforge.score`), so the API's `logprobs` equal the scoring layer's.
@@ -105,6 +106,9 @@ class RowDecoder:
         self.logprobs = logprobs
         self.n_generated = 0
         self.last = -1  # the token the next decode step feeds
+        # with context_shift: the tokens of the row's sequence, the last one not yet fed
+        self.context = list(prompt) if config.context_shift else None
+        self.n_keep = min(config.n_keep, len(prompt))
         self.finish_reason: str | None = None
 
     def choose(self, logits: torch.Tensor, argmax: int | None = None) -> int:
@@ -124,6 +128,8 @@ class RowDecoder:
             self.state.append([token])
         self.n_generated += 1
         self.last = token
+        if self.context is not None:
+            self.context.append(token)
         is_stop = token in self.stop_ids
         text, stopped = "", False
         if self.text is not None:

@@ -30,6 +30,7 @@ NORMS = ("rmsnorm", "layernorm", "batchnorm")
 MLPS = ("swiglu", "geglu", "geglu_tanh", "gelu", "gelu_tanh", "relu", "silu")
 POSITIONS = ("rope", "learned", "sinusoidal", "relative", "none")
 NORM_POSITIONS = ("pre", "post")
+ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")  # model/rope_scaling.py
 
 
 @dataclass
@@ -50,6 +51,10 @@ class ModelConfig:
     position: str = "rope"
     rope_theta: float = 10000.0
     max_seq_len: int = 2048
+    # RoPE scaling (model/rope_scaling.py): max_seq_len = rope_factor × the trained window
+    rope_scaling: str = "none"  # none (> 1: plain RoPE extrapolated) | linear | ntk | yarn
+    rope_factor: float = 1.0
+    rope_original_max_seq_len: int = 0  # the trained window when scaled (0: max_seq_len)
     tie_embeddings: bool = True
     bias: bool = False
     norm_position: str = "pre"  # "post": norm after each residual add (+ embeddings, no final)
@@ -91,6 +96,7 @@ class ModelConfig:
             ("mlp", self.mlp, MLPS),
             ("position", self.position, POSITIONS),
             ("norm_position", self.norm_position, NORM_POSITIONS),
+            ("rope_scaling", self.rope_scaling, ROPE_SCALINGS),
         ):
             if value not in allowed:
                 raise LmforgeError(f"config field {name}={value!r} is not one of {allowed}")
@@ -119,6 +125,11 @@ class ModelConfig:
                                "norm_position = \"pre\"")
         if self.position == "rope" and self.head_dim % 2:
             raise LmforgeError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        scaled = self.rope_scaling != "none" or self.rope_factor != 1
+        if scaled and not (self.rope_factor >= 1 and self.rope_original_max_seq_len > 0):
+            raise LmforgeError("rope_scaling needs rope_factor >= 1 and the trained window "
+                               "in rope_original_max_seq_len (lmforge.model.rope_scaling."
+                               "with_rope_scaling sets both)")
         from lmforge.model.moe import validate_moe
 
         validate_moe(self)

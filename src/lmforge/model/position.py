@@ -2,7 +2,9 @@
 
 - RoPE (Su et al., 2021, "RoFormer"): rotate each pair of query/key channels by an angle
   m·θ_i, θ_i = base^(−2i/d). We use the rotate-half layout of GPT-NeoX / Hugging Face Llama:
-  channel i is paired with channel i + d/2, so x' = x·cos + rotate_half(x)·sin.
+  channel i is paired with channel i + d/2, so x' = x·cos + rotate_half(x)·sin. The θ_i
+  of a scaled RoPE (linear, NTK-aware, YaRN: past the trained window) come from
+  `model/rope_scaling.py`.
 - Learned absolute (GPT-2): a table of `max_seq_len` vectors added to the token embeddings.
 - Sinusoidal (Vaswani et al., 2017): PE(m, 2i) = sin(m / 10000^(2i/d)), PE(m, 2i+1) = cos(…).
 - Relative bias (T5, Raffel et al., 2020): no position is added to the embeddings; each
@@ -20,18 +22,21 @@ import torch
 from torch import nn
 
 from lmforge.model.config import ModelConfig
+from lmforge.model.rope_scaling import rope_frequencies
 
 
-def rope_tables(head_dim: int, max_len: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin of m·θ_i for m < max_len, each (max_len, head_dim), in fp32.
+def rope_tables(inv_freq: torch.Tensor, max_len: int, attention_factor: float = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin of m·θ_i for m < max_len, each (max_len, head_dim), in fp32, times
+    `attention_factor` (YaRN's temperature, `model/rope_scaling.py`; 1 otherwise).
 
     The sin table carries rotate_half's sign, [−sin, +sin] over the two halves, so that
     rotate_half(x)·sin = roll(x, d/2)·signed_sin: a roll instead of a split, negation and
     concatenation (three fewer operations per layer in every decode step)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-    sin = angles.sin()
-    return torch.cat([angles, angles], dim=-1).cos(), torch.cat([-sin, sin], dim=-1)
+    sin = angles.sin() * attention_factor
+    return (torch.cat([angles, angles], dim=-1).cos() * attention_factor,
+            torch.cat([-sin, sin], dim=-1))
 
 
 class RotaryEmbedding(nn.Module):
@@ -46,8 +51,8 @@ class RotaryEmbedding(nn.Module):
 
     def init_buffers(self) -> None:
         """(Re)compute the tables, e.g. after building the model on the meta device."""
-        c = self.config
-        self.cos, self.sin = rope_tables(c.head_dim, c.max_seq_len, c.rope_theta)
+        inv_freq, attention_factor = rope_frequencies(self.config)
+        self.cos, self.sin = rope_tables(inv_freq, self.config.max_seq_len, attention_factor)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, torch.Tensor]:

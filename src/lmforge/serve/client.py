@@ -16,7 +16,7 @@ import httpx
 
 from lmforge.console import chat_loop, print_answer, take_dropped
 from lmforge.errors import LmforgeError
-from lmforge.generate.config import GenerationConfig
+from lmforge.generate.config import LOCAL_ONLY, GenerationConfig
 
 
 class ContextTooLong(LmforgeError):
@@ -91,7 +91,7 @@ class ApiChat:
     def _answer(self, config: GenerationConfig) -> Iterator[str]:
         head = [{"role": "system", "content": self.system}] if self.system else []
         settings = {k: v for k, v in config.to_dict().items()
-                    if v is not None and v != {} and v != []}
+                    if v is not None and v != {} and v != [] and k not in LOCAL_ONLY}
         body = {"model": self.model, "messages": head + self.messages, "stream": True,
                 **settings}
         with self.http.stream("POST", self.base + "/chat/completions", json=body) as r:

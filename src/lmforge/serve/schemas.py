@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.errors import LmforgeError, excerpt
-from lmforge.generate.config import GenerationConfig
+from lmforge.generate.config import LOCAL_ONLY, GenerationConfig
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 MESSAGE_KEYS = {"role", "content", "name"}
@@ -81,7 +81,8 @@ GENERATION = {
     "max_completion_tokens": (_is_int, "an integer"),
 }
 assert set(GENERATION) - {"max_completion_tokens"} == {
-    f.name for f in dataclasses.fields(GenerationConfig)}, "GENERATION must follow the config"
+    f.name for f in dataclasses.fields(GenerationConfig)} - LOCAL_ONLY, \
+    "GENERATION must follow the config"
 COMMON = {
     "model": (lambda v: isinstance(v, str), "a string"),
     "stream": (lambda v: isinstance(v, bool), "a boolean"),
