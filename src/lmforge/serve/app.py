@@ -6,6 +6,7 @@
     POST /v1/chat/completions    chat, streamed (server-sent events) or whole
     POST /v1/completions         raw-prompt continuation, streamed or whole
     POST /v1/embeddings          sentence embeddings of an encoder (mean-pooled, unit length)
+    POST /v1/rag/ask             an answer from retrieved passages (--rag-db; lmforge.rag.serve)
 
 Every error is OpenAI's error object with the right status; the body is parsed by hand
 (schemas.py) so that no bad input reaches a place that could fail with a 500, and FastAPI's
@@ -49,7 +50,7 @@ from lmforge.tokenizers.chat import can_chat
 log = logging.getLogger("lmforge.serve")
 MAX_BODY = 4 * 1024 * 1024
 ENDPOINTS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions",
-             "/v1/embeddings"}
+             "/v1/embeddings", "/v1/rag/ask"}
 
 
 @dataclass
@@ -84,6 +85,7 @@ class ServerState:
     metrics: Metrics
     api_key: str | None = None
     max_body: int = MAX_BODY
+    rag: object | None = None  # lmforge.rag.serve.RagService, for /v1/rag/ask
 
     def get(self, name: str, endpoint: str) -> Served:
         """The served model `name`, which must answer on `endpoint`."""
@@ -255,6 +257,10 @@ def build_app(state: ServerState) -> FastAPI:
         return {"object": "list", "data": data, "model": served.id,
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
+    if state.rag is not None:
+        from lmforge.rag.serve import install
+
+        install(app, state)
     return app
 
 

@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads (default: torch's)")
     s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    s.add_argument("--rag-db", default=None, metavar="DB",
+                   help="answer POST /v1/rag/ask from this Milvus database (see lmforge index)")
+    s.add_argument("--rag-collection", default="documents", help="its collection (documents)")
     s.set_defaults(func=cmd_serve)
 
 
@@ -80,6 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     state, lines = make_state(models, args.served_model_name, args.ctx, args.max_batch,
                               args.max_queue, args.kv_cache_gb, args.api_key,
                               not args.no_prefix_reuse)
+    if args.rag_db is not None:
+        from lmforge.rag.serve import RagService
+
+        state.rag = RagService(args.rag_db, args.rag_collection)
     key = "required (Authorization: Bearer …)" if args.api_key else "not required"
     print(f"lmforge serve: listening on http://{args.host}:{args.port}/v1 · API key {key}")
     for line in lines:
