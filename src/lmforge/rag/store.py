@@ -42,6 +42,7 @@ SOURCE_CHARS = 4_096
 FIELDS = ("id", "vector", "text", "source", "position", "content_hash", "metadata")
 PASSAGE_FIELDS = ["text", "source", "position", "content_hash", "metadata"]
 PROPERTY_MODEL = "lmforge.embed_model"
+CONNECT_TIMEOUT_S = 120  # pymilvus waits 10 s; Milvus Lite can take longer on a busy CPU
 
 
 @dataclass
@@ -100,7 +101,7 @@ class VectorStore:
             # lacks (the query iterator's AllocTimestamp) as server errors; it falls back
             logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         try:
-            self.client = MilvusClient(db, token=token)
+            self.client = MilvusClient(db, token=token, timeout=CONNECT_TIMEOUT_S)
         except MilvusException as exc:
             raise LmforgeError(f"cannot open the Milvus database {db}: {exc.message}") from None
         self._index: dict[str, str] = {}
