@@ -62,7 +62,7 @@ def quote(text: str) -> str:
 
 
 def in_scope(source: str, scopes: list[str]) -> bool:
-    return any(source == s or (s == "" or s.endswith("/")) and source.startswith(s)
+    return any(source == s or ((s == "" or s.endswith("/")) and source.startswith(s))
                for s in scopes)
 
 

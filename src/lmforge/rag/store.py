@@ -104,7 +104,8 @@ class VectorStore:
             self.client = MilvusClient(db, token=token, timeout=CONNECT_TIMEOUT_S)
         except MilvusException as exc:
             raise LmforgeError(f"cannot open the Milvus database {db}: {exc.message}") from None
-        self._index: dict[str, str] = {}
+        self._index: dict[str, str] = {}  # per collection, asked once: searches need them
+        self._dim: dict[str, int] = {}
 
     def close(self) -> None:
         self.client.close()
@@ -161,9 +162,12 @@ class VectorStore:
         return self._call(self.client.describe_collection, collection)
 
     def dimension(self, collection: str) -> int:
+        if collection in self._dim:
+            return self._dim[collection]
         for f in self._describe(collection)["fields"]:
             if f["name"] == "vector":
-                return int(f["params"]["dim"])
+                self._dim[collection] = int(f["params"]["dim"])
+                return self._dim[collection]
         raise LmforgeError(f"collection {collection!r} has no 'vector' field: it was not made "
                            "by lmforge index; choose another --collection")
 
