@@ -16,7 +16,9 @@ embed, upsert). Query latency is per question and mode, from the text to the ran
 (query embedding included; BM25's index loaded before timing), reported as p50 / p99. The
 HNSW check copies the collection's vectors into an HNSW collection and compares its top 10
 with FLAT's for the same query vectors. `--data cmrc2018` runs the same on CMRC 2018 dev
-(Chinese; BM25 terms are Han characters). Writes benchmarks/results/rag_DATA.json.
+(Chinese; BM25 terms are Han characters). `--answers N` adds `smollm2`'s answer exact match
+and F1 with the top 3 passages and without any, and the supported-answer rate of the answers
+with passages. Writes benchmarks/results/rag_DATA.json.
 """
 
 from __future__ import annotations
@@ -33,8 +35,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import lmforge
+from lmforge.eval.qa import cmrc_exact_match, cmrc_f1, exact_match, f1
 from lmforge.hardware import cpu_name
 from lmforge.io import atomic_write_text
+from lmforge.rag.answer import (
+    CITATION,
+    build_prompt,
+    check_support,
+    relevant_passages,
+    stream_answer,
+)
 from lmforge.rag.embedder import load_embedder
 from lmforge.rag.index import index_inputs
 from lmforge.rag.retrieve import MODES, Retriever
@@ -83,6 +94,31 @@ def hnsw_recall(store: VectorStore, vectors: np.ndarray) -> float:
                            for a, e in zip(approx, exact, strict=True))
 
 
+def answer_quality(retriever: Retriever, questions: list[dict], chinese: bool,
+                   max_tokens: int = 32, budget: int = 1536) -> dict[str, float]:
+    """EM and F1 of smollm2's greedy answers with the top 3 passages (`lmforge ask`'s prompt)
+    and with the question alone, citations stripped; the supported-answer rate over the
+    citations of the answers with passages (an uncited answer counts as one unsupported)."""
+    lm = lmforge.load("smollm2")
+    em, f = (cmrc_exact_match, cmrc_f1) if chinese else (exact_match, f1)
+    scores = {"em_with": [], "f1_with": [], "em_without": [], "f1_without": []}
+    checks = []
+    for q in questions:
+        passages = relevant_passages(retriever, q["question"], k=3, min_relevance=0.0)
+        for key, given in (("with", passages), ("without", [])):
+            ids, kept = build_prompt(lm.tokenizer, q["question"], given, budget)
+            text = "".join(stream_answer(lm, ids, max_tokens))
+            claim = CITATION.sub("", text).strip()
+            scores[f"em_{key}"].append(em(claim, q["answers"]))
+            scores[f"f1_{key}"].append(f(claim, q["answers"]))
+            if key == "with":
+                checks += check_support(lm, q["question"], text, kept)
+    out = {k: statistics.mean(v) for k, v in scores.items()}
+    return {**out, "supported_rate": sum(c.supported for c in checks) / len(checks),
+            "citations_checked": len(checks), "questions": len(questions),
+            "max_tokens": max_tokens}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="squad", choices=["squad", "cmrc2018"],
@@ -92,6 +128,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chunk-tokens", type=int, default=256)
     ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--answers", type=int, default=0,
+                    help="also score smollm2's answers to the first N sampled questions (0)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default torch's; 1 on a CPU shared with other jobs, "
                          "where OpenMP's waiting threads make a 12 ms query embedding 1.4 s)")
@@ -134,6 +172,8 @@ def main() -> None:
             query_vectors = np.stack([embedder.embed_query(q["question"])
                                       for q in questions[:200]])
             hnsw = hnsw_recall(store, query_vectors)
+            answers = (answer_quality(retriever, questions[: args.answers],
+                                      args.data == "cmrc2018") if args.answers else None)
     record = {
         "data": f"../shared/data/{args.data} (dev)", "passages": len(passages),
         "chunks": report.chunks, "bm25_chunks": bm25_chunks, "questions": len(questions),
@@ -141,6 +181,7 @@ def main() -> None:
         "chunk_tokens": args.chunk_tokens, "overlap": args.overlap, "embedder": "minilm fp32",
         "index_s": index_s, "index_passages_per_s": len(passages) / index_s,
         "modes": modes, "hnsw_recall@10_vs_flat": hnsw, "hnsw_queries": len(query_vectors),
+        "answers_smollm2": answers,
         "cpu": cpu_name(), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "note": "run on a machine shared with other jobs: latencies are upper bounds",
