@@ -134,13 +134,12 @@ def test_transformers_loads_a_tiny_export(tmp_path: Path, tokenizer) -> None:
     assert (logits(config, sd) - ref).abs().max().item() <= 1e-5
 
 
-def test_non_llama_models_are_refused(tmp_path: Path, tokenizer) -> None:
-    # configs/shakespeare-bpe.toml's model: GPT-2-like (layernorm, gelu, learned positions)
-    config = ModelConfig(vocab_size=290, d_model=192, n_layer=4, n_head=6, d_ff=768,
-                         norm="layernorm", mlp="gelu", position="learned", bias=True,
-                         max_seq_len=64)
+def test_models_neither_llama_nor_gpt2_are_refused(tmp_path: Path, tokenizer) -> None:
+    config = ModelConfig(vocab_size=290, d_model=64, n_layer=2, n_head=4, mlp="gelu",
+                         position="learned", bias=True, max_seq_len=64)
     sd = Transformer(config).state_dict()
-    with pytest.raises(LmforgeError, match="llama-architecture.*norm='layernorm'"):
+    with pytest.raises(LmforgeError, match="for llama this model has mlp='gelu', "
+                                           "position='learned'.*for gpt2 norm='rmsnorm'"):
         write_gguf(tmp_path / "m.gguf", config, sd, tokenizer)
     assert not any(tmp_path.iterdir())  # nothing half-written
 

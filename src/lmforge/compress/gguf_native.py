@@ -129,6 +129,10 @@ def read_native(path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, S
     projections as QuantLinear tensors, everything else float32 (module docstring)."""
     with GGUFFile(path) as f:
         config = config_from_gguf(f.metadata, set(f.tensors), path)
+        if f.metadata["general.architecture"] != "llama":
+            raise LmforgeError(f"--dtype q runs llama-architecture GGUF files; {path} is "
+                               f"{f.metadata['general.architecture']}: load it with --dtype "
+                               "fp32 or bf16")
         native = native_projections(config, {n: i.qtype for n, i in f.tensors.items()})
         in_native = {n for names in native.values() for n in names}
         # meta tensors of the right shape stand in for native ones through the float path

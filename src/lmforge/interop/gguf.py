@@ -1,7 +1,7 @@
 """GGUF (llama.cpp) model files → ModelConfig + our float32 state dict.
 
-Metadata keys are `{arch}.*`; only `llama` is mapped (SmolLM2, Llama 2/3 without RoPE
-scaling, Mistral all convert to it):
+Metadata keys are `{arch}.*`; `llama` is mapped here (SmolLM2, Llama 2/3 without RoPE
+scaling, Mistral all convert to it), `gpt2` in `gguf_gpt2.py`:
 
     llama.block_count → n_layer            llama.embedding_length → d_model
     llama.attention.head_count → n_head    llama.attention.head_count_kv → n_kv_head
@@ -25,10 +25,11 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.interop import layout
 from lmforge.interop.gguf_file import GGUFFile
+from lmforge.interop.gguf_gpt2 import config_from_gpt2_gguf, state_dict_from_gpt2
 from lmforge.interop.threads import single_threaded
 from lmforge.model.config import ModelConfig
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "gpt2")
 
 # part (see layout.py) → GGUF tensor name, without the .weight/.bias suffix
 GGUF_NAMES = {
@@ -66,6 +67,8 @@ def config_from_gguf(meta: dict, tensor_names: set[str], path: str | Path = "GGU
     if arch not in SUPPORTED_ARCHITECTURES:
         raise LmforgeError(f"{path}: architecture {arch!r} is not supported; supported: "
                            f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    if arch == "gpt2":
+        return config_from_gpt2_gguf(meta, tensor_names, path)
 
     def key(name: str, default=None):
         value = meta.get(f"{arch}.{name}", default)
@@ -97,11 +100,13 @@ def config_from_gguf(meta: dict, tensor_names: set[str], path: str | Path = "GGU
 
 @single_threaded()
 def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
-    """(config, our float32 state dict, metadata) of a llama-architecture GGUF file."""
+    """(config, our float32 state dict, metadata) of a llama or gpt2 GGUF file."""
     with GGUFFile(path) as f:
         config = config_from_gguf(f.metadata, set(f.tensors), path)
         tensors = {name: f.tensor(name) for name in f.tensors}
         metadata = f.metadata
+    if metadata["general.architecture"] == "gpt2":
+        return config, state_dict_from_gpt2(config, tensors, str(path)), metadata
     return config, state_dict_from_tensors(config, tensors, str(path)), metadata
 
 

@@ -2,7 +2,8 @@
 
 The inverse of `gguf.py`: the same metadata keys, tensor names (`GGUF_NAMES`) and Q/K row
 order (`permute_qk`, the inverse of `unpermute_qk`), so `load_gguf(write_gguf(…))` gives back
-the state dict: bit for bit at F32, the weights cast to fp16/bf16 at F16/BF16.
+the state dict: bit for bit at F32, the weights cast to fp16/bf16 at F16/BF16. GPT-2-like
+models are written as GGUF's `gpt2` architecture (`gguf_gpt2.py`).
 
 Tensor types, as llama.cpp's `convert_hf_to_gguf.py --outtype` writes them:
 
@@ -17,9 +18,11 @@ Tensor types, as llama.cpp's `convert_hf_to_gguf.py --outtype` writes them:
 Q8_0, Q4_0 and Q4_1 blocks come from `gguf.quants.quantize` (llama.cpp's reference quantizers). A
 matrix whose rows do not split into blocks of 32 falls back to F16, as llama.cpp does.
 
-Only llama-architecture decoders (decoder, RMSNorm, SwiGLU, RoPE, pre-norm; biases allowed)
-can be written: that is the one architecture `gguf.py` reads back. The tokenizer must be
-byte-level BPE (GGUF `tokenizer.ggml.model = "gpt2"`); see `tokenizer_metadata`.
+Two architectures can be written, the two `gguf.py` reads back: `llama` (a pre-norm decoder
+with RMSNorm, SwiGLU, RoPE; biases allowed) and `gpt2` (pre-norm LayerNorm with biases, GELU,
+learned positions). `architecture` picks the one whose metadata reads back as the model's
+config. The tokenizer must be byte-level BPE (GGUF `tokenizer.ggml.model = "gpt2"`); see
+`tokenizer_metadata`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from gguf.constants import GGMLQuantizationType as T
 from lmforge.errors import LmforgeError
 from lmforge.interop import layout
 from lmforge.interop.gguf import GGUF_NAMES, config_from_gguf, permute_qk
+from lmforge.interop.gguf_gpt2 import gpt2_metadata, gpt2_tensors
 from lmforge.interop.threads import single_threaded
 from lmforge.io import atomic_write
 from lmforge.model.config import ModelConfig
@@ -82,22 +86,31 @@ def _same(ours, back) -> bool:
     return ours == back
 
 
-def check_llama(config: ModelConfig) -> None:
-    """Raise LmforgeError unless the GGUF `llama` architecture describes `config` whole: the
-    config `gguf.config_from_gguf` reads back from our metadata must be `config` (so a field
-    added later that GGUF cannot express is refused, never dropped)."""
+def mismatches(config: ModelConfig, arch: str) -> list[str]:
+    """The fields of `config` that GGUF architecture `arch` cannot carry: those that differ in
+    the config `gguf.config_from_gguf` reads back from our metadata (so a field added later
+    is refused, never dropped)."""
     names = set() if config.tie_embeddings else {"output.weight"}
     if config.bias:
         names.add("blk.0.attn_q.bias")
-    back = config_from_gguf({"general.architecture": "llama", **llama_metadata(config)}, names)
-    wrong = [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items()
-             if not _same(v, getattr(back, k))]
-    if wrong:
-        raise LmforgeError(
-            f"GGUF export writes llama-architecture models only (a pre-norm decoder with "
-            f"rmsnorm, swiglu, rope, no mixture of experts); this model has "
-            f"{', '.join(wrong)}. Keep it as an lmforge checkpoint or a Hugging Face "
-            "directory (`lmforge convert --to lmforge|hf`)")
+    metadata = ARCHITECTURES[arch][0](config)
+    back = config_from_gguf({"general.architecture": arch, **metadata}, names)
+    return [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items()
+            if not _same(v, getattr(back, k))]
+
+
+def architecture(config: ModelConfig) -> str:
+    """The GGUF architecture that describes `config` whole; LmforgeError when none does."""
+    wrong = {arch: mismatches(config, arch) for arch in ARCHITECTURES}
+    for arch, fields in wrong.items():
+        if not fields:
+            return arch
+    raise LmforgeError(
+        "GGUF export writes llama models (a pre-norm decoder with rmsnorm, swiglu, rope) and "
+        "GPT-2-like ones (pre-norm layernorm with biases, gelu, learned positions); for "
+        f"llama this model has {', '.join(wrong['llama'])}, for gpt2 "
+        f"{', '.join(wrong['gpt2'])}. Keep it as an lmforge checkpoint or a Hugging Face "
+        "directory (`lmforge convert --to lmforge|hf`)")
 
 
 def tensor_type(name: str, shape: tuple[int, ...], qtype: T) -> T:
@@ -133,13 +146,20 @@ def gguf_tensors(config: ModelConfig, state_dict: dict[str, torch.Tensor]
     return layout.scatter(GGUF_NAMES, parts)
 
 
-def add_model_metadata(w: gguf.GGUFWriter, config: ModelConfig, name: str, qtype: T) -> None:
-    """The `general.*` and `llama.*` keys `gguf.py`'s `config_from_gguf` reads."""
+# GGUF architecture → (its metadata of a config, its tensors of our state dict)
+ARCHITECTURES = {"llama": (llama_metadata, gguf_tensors), "gpt2": (gpt2_metadata, gpt2_tensors)}
+
+
+def add_model_metadata(w: gguf.GGUFWriter, config: ModelConfig, arch: str, name: str,
+                       qtype: T) -> None:
+    """The `general.*` keys and the architecture's (what `gguf.config_from_gguf` reads)."""
     w.add_name(name)
     w.add_file_type(FILE_TYPES[qtype])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    for key, value in llama_metadata(config).items():
-        if isinstance(value, float):
+    for key, value in ARCHITECTURES[arch][0](config).items():
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, float):
             w.add_float32(key, value)
         else:
             w.add_uint32(key, value)
@@ -187,18 +207,18 @@ def tokenizer_metadata(w: gguf.GGUFWriter, tokenizer: BPETokenizer, vocab_size: 
 def write_gguf(path: str | Path, config: ModelConfig, state_dict: dict[str, torch.Tensor],
                tokenizer: Tokenizer | None, qtype: str | T = "f32", name: str = "lmforge"
                ) -> dict[str, int]:
-    """Write a llama-architecture GGUF file atomically; returns {type name: tensor count}."""
-    check_llama(config)
+    """Write a llama or gpt2 GGUF file atomically; returns {type name: tensor count}."""
+    arch = architecture(config)
     qtype = parse_type(qtype) if isinstance(qtype, str) else qtype
     if tokenizer is not None and not isinstance(tokenizer, BPETokenizer):
         raise LmforgeError(f"GGUF files hold byte-level BPE tokenizers here; this model's is a "
                            f"{type(tokenizer).__name__}, which llama.cpp cannot rebuild")
-    tensors = gguf_tensors(config, state_dict)
+    tensors = ARCHITECTURES[arch][1](config, state_dict)
     counts: dict[str, int] = {}
 
     def write(tmp: str) -> None:
-        w = gguf.GGUFWriter(tmp, "llama")
-        add_model_metadata(w, config, name, qtype)
+        w = gguf.GGUFWriter(tmp, arch)
+        add_model_metadata(w, config, arch, name, qtype)
         if tokenizer is not None:
             tokenizer_metadata(w, tokenizer, config.vocab_size)
         for gguf_name, t in tensors.items():
