@@ -3,6 +3,8 @@
 - `quants.py`      GGUF tensor types → float32 (F32/F16/BF16, Q4_0 … Q8_0, Q2_K … Q6_K)
 - `gguf_file.py`   the GGUF container: memory-mapped header and tensor reader
 - `gguf.py`        GGUF `llama` models → ModelConfig + state dict (undoes the Q/K permutation)
+- `gguf_gpt2.py`   GGUF `gpt2` models ↔ GPT-2-like decoders (names and metadata)
+- `gguf_write.py`  any llama or GPT-2-like decoder → a GGUF file (F32 … Q4_1; `convert --to gguf`)
 - `layout.py`      Llama-style weights: our fused names ↔ per-projection parts ↔ their names
 - `tensors.py`     safetensors in/out (never pickles), dtype names
 - `hf.py`          Hugging Face Llama directories, both ways
