@@ -115,7 +115,6 @@ def evaluate(model: Transformer, ids: list[int], n_bytes: int, ctx: int = 1024,
              progress: bool = False, stride: int | None = None) -> EvalResult:
     """The text's figures (module docstring); `stride`: None for ctx (no overlap)."""
     stride = ctx if stride is None else stride
-    check_window(model, ctx, stride)
     if len(ids) < 2:
         raise LmforgeError("the text has fewer than 2 tokens: nothing to score")
     nll, scored = sliding_nll(model, ids, ctx, stride, progress=progress)
