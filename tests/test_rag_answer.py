@@ -95,9 +95,9 @@ def test_citations_and_supported_answer_check(lm):
 def test_stream_answer_is_the_greedy_generation(lm):
     ids, _ = build_prompt(lm.tokenizer, "When was the Zorblat Tower completed?",
                           [passage(1, TOWER, "tower.txt")], 4096)
-    streamed = "".join(stream_answer(lm, ids, max_tokens=12))
+    streamed = "".join(stream_answer(lm, ids, max_tokens=6))
     whole = lm.engine.generate([ids], lmforge.generate.config.GenerationConfig(
-        max_tokens=12, temperature=0.0))[0].text
+        max_tokens=6, temperature=0.0))[0].text
     assert streamed == whole and streamed.strip()
 
 

@@ -72,10 +72,15 @@ def test_bm25_scores_follow_the_formula():
     assert found_cat > 0 and index.search("unseen words", k=3) == [] and rule == "char"
 
 
-def test_terms_lowercase_drop_stopwords_and_split_han():
+def test_terms_lowercase_drop_stopwords_and_split_han(tmp_path):
     terms, _ = make_tokenizer()
     assert terms("The Eiffel Tower, 1889!") == ["eiffel", "tower", "1889"]
     assert terms("北京是首都 in China") == ["北", "京", "是", "首", "都", "china"]
+    words = tmp_path / "words.txt"
+    words.write_text("北京\n首都\n中国\n", encoding="utf-8")
+    segmented, rule = make_tokenizer(str(words))
+    assert segmented("北京是中国的首都 in China") == ["北京", "是", "中国", "的", "首都", "china"]
+    assert rule.startswith("bimm:")  # a different rule: a cached index is rebuilt
 
 
 def test_rrf_and_mmr_by_hand():
