@@ -146,6 +146,9 @@ def test_bad_inputs_leave_the_collection_intact(tmp_path, embedder):
         (root / "empty.md").write_bytes(b"\x00\x01\x02")
         with pytest.raises(LmforgeError, match="binary"):
             index_inputs(store, "c", [str(root)], embedder, root=root, progress=False)
+        (root / "empty.md").write_text("data: " + "QUJD" * 20_000, encoding="utf-8")
+        with pytest.raises(LmforgeError, match="a chunk holds at most 65,535"):
+            index_inputs(store, "c", [str(root)], embedder, root=root, progress=False)
         (root / "empty.md").unlink()
         with pytest.raises(LmforgeError, match="outside the root"):
             index_inputs(store, "c", [str(tmp_path)], embedder, root=root, progress=False)

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.errors import LmforgeError
 from lmforge.rag.chunking import chunk_text
 from lmforge.rag.documents import MAX_BYTES, Document, read_document, resolve_inputs
 from lmforge.rag.embedder import Embedder
-from lmforge.rag.store import VectorStore, choose_index
+from lmforge.rag.store import TEXT_CHARS, VectorStore, choose_index
 
 EMBED_BATCH = 64  # chunks per upsert: one progress step, one Milvus call
 
@@ -82,6 +83,11 @@ def _rows(doc: Document, embedder: Embedder, max_tokens: int, overlap: int
           ) -> list[dict[str, Any]]:
     chunking = f"{embedder.name}/{max_tokens}/{overlap}"
     chunks = chunk_text(doc.text, embedder.count_tokens, max_tokens, overlap)
+    for c in chunks:
+        if len(c.text) > TEXT_CHARS:  # a long run the tokenizer reads as one [UNK] token
+            raise LmforgeError(f"{doc.source}: a chunk of {len(c.text):,} characters at offset "
+                               f"{c.start} (text without spaces, such as base64); a chunk "
+                               f"holds at most {TEXT_CHARS:,}: remove that text")
     return [{"id": chunk_id(doc.source, i, doc.content_hash, chunking), "text": c.text,
              "source": doc.source, "position": i, "content_hash": doc.content_hash,
              "metadata": {"title": doc.title, "kind": doc.kind, "n_chunks": len(chunks),
