@@ -79,9 +79,14 @@ def stored_versions(store: VectorStore, collection: str
     return {s: {k: (v[0], v[1]) for k, v in d.items()} for s, d in out.items()}
 
 
+def chunking_key(embedder: Embedder, max_tokens: int, overlap: int) -> str:
+    """What makes a source's chunks and vectors: another key re-indexes the source."""
+    return f"{embedder.name}/{max_tokens}/{overlap}"
+
+
 def _rows(doc: Document, embedder: Embedder, max_tokens: int, overlap: int
           ) -> list[dict[str, Any]]:
-    chunking = f"{embedder.name}/{max_tokens}/{overlap}"
+    chunking = chunking_key(embedder, max_tokens, overlap)
     chunks = chunk_text(doc.text, embedder.count_tokens, max_tokens, overlap)
     for c in chunks:
         if len(c.text) > TEXT_CHARS:  # a long run the tokenizer reads as one [UNK] token
@@ -108,7 +113,7 @@ def index_inputs(store: VectorStore, collection: str, inputs: list[str], embedde
         store.open(collection, embedder.dim)
     stored = stored_versions(store, collection) if exists else {}
     report = IndexReport()
-    chunking = f"{embedder.name}/{max_tokens}/{overlap}"
+    chunking = chunking_key(embedder, max_tokens, overlap)
     pending: list[_Pending] = []
     for doc in docs:
         versions = stored.get(doc.source, {})
