@@ -10,7 +10,9 @@ prompt as `lmforge ask`, `answer.build_prompt`, within the model's window minus 
 256 by default); the reply is one JSON object: the answer, the passages it was given
 (number, source, position, relevance, text), the numbers it cited and, with `check`, the
 supported-answer check. Retrieval runs in a worker thread, one request at a time (one Milvus
-client and one BM25 index are shared).
+client and one BM25 index are shared). The check scores with the model from a worker thread
+beside the scheduler's: each pass has its own KV cache, and a forward pass keeps no state in
+the module.
 """
 
 from __future__ import annotations
