@@ -86,12 +86,16 @@ def test_forward_is_x_times_the_dequantized_weight(name: str, dtype: torch.dtype
     w = weight()
     layer = QuantLinear.from_weight(rtn(Scheme.parse(name), w), torch.randn(96)).to(dtype)
     assert layer.kernel == KERNELS[name]
+    torch.testing.assert_close(layer.dequantize(torch.float64),
+                               layer.quantized_weight().dequantize().double(), rtol=0, atol=0)
     x = torch.randn(2, 5, 256, generator=torch.Generator().manual_seed(1), dtype=dtype)
     y = layer(x)
     assert y.shape == (2, 5, 96) and y.dtype == dtype
     ref = reference(layer, x)
-    # fp32: accumulation order; bf16: the output's 8 bits of mantissa (and bf16 products)
-    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    # fp32: accumulation order; bf16 (and the packed kernels, which compute fp32 activations
+    # in bf16): the 8 bits of mantissa of the activations and of the output
+    exact = dtype == torch.float32 and not layer.kernel.endswith("pack_mm")
+    tol = 2e-5 if exact else 2e-2
     assert ((y.double() - ref).abs() / ref.abs().amax()).max() < tol
 
 
@@ -101,6 +105,10 @@ def test_codes_keep_their_format_when_the_module_is_cast() -> None:
         codes = layer.codes.clone()
         layer.to(torch.bfloat16)
         assert layer.codes.dtype == codes.dtype and layer.scale.dtype == torch.bfloat16
+        layer.float()
+        assert layer.scale.dtype == torch.float32 and layer.codes.dtype == codes.dtype
+        if name.startswith("int4"):
+            assert layer.scales_zeros.dtype == torch.bfloat16  # the kernel's, whatever x is
         assert torch.equal(layer.codes.view(torch.uint8), codes.view(torch.uint8))
 
 
