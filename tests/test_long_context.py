@@ -4,6 +4,9 @@ generation past the context window (docs/long_context.md)."""
 from __future__ import annotations
 
 import math
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -244,3 +247,12 @@ def test_the_command_line_takes_the_long_context_flags() -> None:
     assert (config.context_shift, config.n_keep, args.rope_scaling) == (True, 3, "yarn:2")
     assert not generation_config(build_parser().parse_args(
         ["generate", "--model", "m", "--prompt", "p"])).context_shift
+
+
+def test_the_documented_commands_parse() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "long_context.md").read_text()
+    commands = re.findall(r"^lmforge ((?:[^\n\\#]|\\\n)+)", doc, flags=re.M)
+    assert len(commands) >= 4
+    parser = build_parser()
+    for command in commands:
+        assert callable(parser.parse_args(shlex.split(command.replace("\\\n", " "))).func)
