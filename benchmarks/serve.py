@@ -1,25 +1,37 @@
-"""Throughput and latency of `lmforge serve` with continuous batching against itself without
-(--max-batch 1) and against llama.cpp's `llama-server`, and time to first token at the
-fifth chat turn with and without prefix reuse.
+"""Throughput and latency of `lmforge serve` against llama.cpp's `llama-server` computing in
+the same arithmetic with the same threads, against itself without continuous batching
+(--max-batch 1), and time to first token at the fifth chat turn with and without prefix
+reuse.
 
-    python benchmarks/serve.py --threads 2 [--clients 1 4 16 32] [--tokens 32] [--reps 1]
+    python benchmarks/serve.py --threads 2 [--dtypes fp32 bf16 q] [--int4 DIR] [--clients 1 4 16 32]
+        [--tokens 32] [--reps 3] [--skip-baselines] [--json benchmarks/results/serve.json]
         [--llama-server build/llama.cpp/bin/llama-server | --no-llama-server]
-        [--llama-threads 2 1]
 
-Three lmforge servers run in this process on loopback ports (SmolLM2, same weights and
-threads): batched (max batch 32), unbatched (max batch 1) and batched without prefix reuse.
-llama-server (built by tools/build_llama_server.sh; used when present) runs as a child
-process on the same GGUF with the same threads (-t/-tb; --llama-threads runs one server per
-given count instead), 32 parallel slots (-np 32) of the same context (-c 32 × 1,024) and
-continuous batching (-cb). For each number of concurrent clients, every client streams
-one greedy chat answer of exactly --tokens tokens (lmforge: min_tokens = max_tokens;
-llama-server: ignore_eos) to a distinct prompt, and the servers take turns (the order
-rotates each repetition); the token counts reported in each answer's usage are checked.
-Figures: generated tokens/s over the wall time of the run, p50/p99 time
-to first token and inter-token latency over all clients (medians over repetitions). The
-chat benchmark sends five turns (each re-sending the history of ~40-token questions and
-answers) and times the first token of the fifth. Writes benchmarks/results/serve.json and
-prints the ratios.
+Pairs, each measured with both servers up and taking turns: lmforge in fp32 against
+llama-server on an F32 GGUF of the same weights, bf16 against a BF16 GGUF (both GGUFs
+written from SmolLM2 by `lmforge convert --to gguf`, `interop/gguf_write.py`, into a
+temporary directory); `q`, SmolLM2's Q4_1 weights loaded as they are into int4 layers
+(`--dtype q`, `compress/gguf_native.py`), against llama-server on that same Q4_1 file; and
+with --int4 DIR a quantized checkpoint (`lmforge quantize`) against the Q4_1 file too.
+Both servers get the same threads (llama-server: -t and
+-tb), 32 slots of 1,024 positions (llama-server: -np 32, -c 32 × 1,024, continuous
+batching -cb) and greedy decoding of exactly --tokens tokens per answer (lmforge:
+min_tokens = max_tokens; llama-server: ignore_eos; the usage counts are checked).
+
+For each number of concurrent clients, every client streams one chat answer to a distinct
+prompt; the servers alternate (the order reverses every repetition) for --reps repetitions
+after a warm-up, and each figure is the median, the repetitions' tokens/s kept beside it.
+The load client runs as a separate process (`serve_load.py`: it shares no interpreter
+lock with lmforge's servers, which live in this process) and reports its own CPU time,
+which on a machine with few cores is taken from the servers. Figures: generated tokens/s
+over the wall time of the run, p50/p99 time to first token and inter-token latency. The
+record names the CPU, threads, repetitions and the machine's load average before and after
+every pair.
+
+Baselines (the first pair only; --skip-baselines leaves them out): the same lmforge model
+with --max-batch 1 joins the rotation, and the chat benchmark sends five turns (each
+re-sending the history of ~40-token questions and answers) to servers with and without
+prefix reuse and times the first token of the fifth.
 """
 
 from __future__ import annotations
@@ -38,69 +50,43 @@ from pathlib import Path
 
 import httpx
 import torch
+from common import finish, load_average, machine
+from serve_load import HEADERS, TOPICS, one_stream
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from serve_helpers import KEY, free_port, start_server  # noqa: E402
+from serve_helpers import free_port, start_server  # noqa: E402
 
 from lmforge.api import load  # noqa: E402
 from lmforge.errors import LmforgeError  # noqa: E402
+from lmforge.interop.gguf_write import export_gguf  # noqa: E402
 from lmforge.interop.registry import model_path  # noqa: E402
-from lmforge.io import atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serve.json"
 LLAMA_SERVER = ROOT / "build" / "llama.cpp" / "bin" / "llama-server"
-HEADERS = {"Authorization": f"Bearer {KEY}"}
-TOPICS = ["rivers", "planets", "bread", "chess", "volcanoes", "bees", "trains", "clouds"]
+LOAD_CLIENT = Path(__file__).resolve().parent / "serve_load.py"
 CTX, SLOTS = 1024, 32
-# body fields that make an answer exactly max_tokens long on each kind of server
-EXACT = {"lmforge": lambda n: {"min_tokens": n}, "llama": lambda n: {"ignore_eos": True}}
+# our dtype → the GGUF type of the same arithmetic (None: the model's own Q4_1 file)
+GGUF_TYPES = {"fp32": "f32", "bf16": "bf16", "q": None}
 
 
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))] if values else 0.0
+def gguf_for(dtype: str | None, tmp: Path) -> Path:
+    """SmolLM2 as a GGUF of the arithmetic of `dtype` (written into `tmp`), or for the
+    quantized contenders (`q`, a quantized checkpoint: dtype None) the model's own Q4_1 file."""
+    if GGUF_TYPES.get(dtype) is None:
+        return model_path("smollm2")
+    path = tmp / f"smollm2-{GGUF_TYPES[dtype]}.gguf"
+    export_gguf("smollm2", path, GGUF_TYPES[dtype])
+    return path
 
 
-async def one_stream(http: httpx.AsyncClient, url: str, kind: str, messages: list[dict],
-                     tokens: int) -> tuple[float, list[float], str, int]:
-    """(time to first token, inter-token gaps, text, completion tokens from the usage chunk)
-    of one streamed greedy chat answer."""
-    body = {"model": "smollm2", "messages": messages, "max_tokens": tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}, **EXACT[kind](tokens)}
-    t0 = time.perf_counter()
-    stamps, text, used = [], "", -1
-    async with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            delta = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
-            if delta:
-                stamps.append(time.perf_counter())
-                text += delta
-            if chunk.get("usage"):
-                used = chunk["usage"]["completion_tokens"]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    return (stamps[0] - t0 if stamps else float("nan")), gaps, text, used
-
-
-async def load_run(url: str, kind: str, clients: int, tokens: int) -> dict:
-    async with httpx.AsyncClient(headers=HEADERS, timeout=3600) as http:
-        t0 = time.perf_counter()
-        runs = await asyncio.gather(*[one_stream(
-            http, url, kind, [{"role": "user", "content": f"Client {i}: tell me about "
-                               f"{TOPICS[i % len(TOPICS)]}."}], tokens) for i in range(clients)])
-        wall = time.perf_counter() - t0
-    if any(r[3] != tokens for r in runs):
-        raise RuntimeError(f"{url} did not generate exactly {tokens} tokens per answer: "
-                           f"{sorted({r[3] for r in runs})} (-1: no usage chunk)")
-    ttft = [r[0] for r in runs]
-    gaps = [g for r in runs for g in r[1]]
-    return {"tokens_per_s": clients * tokens / wall, "ttft_p50_s": percentile(ttft, 50),
-            "ttft_p99_s": percentile(ttft, 99), "itl_p50_s": percentile(gaps, 50),
-            "itl_p99_s": percentile(gaps, 99)}
+def client(url: str, kind: str, clients: int, tokens: int) -> dict:
+    """One load run by the separate client process."""
+    out = subprocess.run([sys.executable, str(LOAD_CLIENT), url, kind, str(clients),
+                          str(tokens)], capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise RuntimeError(f"the load client failed against {url}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout)
 
 
 async def fifth_turn_ttft(url: str, tag: str) -> float:
@@ -112,10 +98,6 @@ async def fifth_turn_ttft(url: str, tag: str) -> float:
             ttft, _, text, _ = await one_stream(http, url, "lmforge", messages, 40)
             messages.append({"role": "assistant", "content": text})
     return ttft
-
-
-def median_of(records: list[dict]) -> dict:
-    return {k: statistics.median(r[k] for r in records) for k in records[0]}
 
 
 def find_llama_server(arg: str | None, skip: bool) -> Path | None:
@@ -148,87 +130,120 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
     raise RuntimeError(f"llama-server did not become healthy in {timeout:.0f} s; log: {log}")
 
 
-@contextlib.contextmanager
-def llama_server(binary: Path, threads: int) -> Iterator[tuple[str, str]]:
-    """Run llama-server on SmolLM2's GGUF on a free loopback port; yields (url, version).
-
-    -c is the whole KV cache, shared by the -np slots, so SLOTS × CTX gives each slot the
+def llama_command(binary: Path, gguf: Path, threads: int, port: int) -> list[str]:
+    """-c is the whole KV cache, shared by the -np slots, so SLOTS × CTX gives each slot the
     context lmforge's slots have."""
+    return [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+            "-t", str(threads), "-tb", str(threads), "-np", str(SLOTS), "-c", str(SLOTS * CTX),
+            "-cb"]
+
+
+@contextlib.contextmanager
+def llama_server(binary: Path, gguf: Path, threads: int) -> Iterator[str]:
+    """Run llama-server on `gguf` on a free loopback port; yields its URL."""
     port = free_port()
-    cmd = [str(binary), "-m", str(model_path("smollm2")), "--host", "127.0.0.1",
-           "--port", str(port), "-t", str(threads), "-tb", str(threads), "-np", str(SLOTS),
-           "-c", str(SLOTS * CTX), "-cb"]
-    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                             check=False)
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "llama-server.log"
         with log.open("w") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(llama_command(binary, gguf, threads, port), stdout=out,
+                                    stderr=subprocess.STDOUT)
         try:
             _wait_healthy(f"http://127.0.0.1:{port}", proc, log)
-            yield f"http://127.0.0.1:{port}", (version.stdout + version.stderr).strip()
+            yield f"http://127.0.0.1:{port}"
         finally:
             proc.terminate()
             proc.wait(timeout=30)
 
 
-def start_ours(args: argparse.Namespace) -> dict[str, str]:
-    lm = load("smollm2", dtype=args.dtype)
-    common = {"ctx": CTX, "max_queue": 256}
-    gb = 3.2 if args.dtype == "fp32" else 1.6  # 64 slots of 1,024 positions: 32 + 32 cached
-    return {"batched": start_server([lm], max_batch=SLOTS, kv_cache_gb=gb, **common)[0].url,
-            "unbatched": start_server([lm], max_batch=1, kv_cache_gb=1.0, **common)[0].url,
-            "no_reuse": start_server([lm], max_batch=SLOTS, kv_cache_gb=1.0,
-                                     prefix_reuse=False, **common)[0].url}
+@contextlib.contextmanager
+def ours(lm, **settings) -> Iterator[str]:
+    """An lmforge server for `lm` in this process; stopped (its KV cache let go) on exit."""
+    info, server = start_server([lm], ctx=CTX, max_queue=256, **settings)
+    try:
+        yield info.url
+    finally:
+        server.should_exit = True
+        for served in info.state.models.values():
+            if served.scheduler is not None:
+                served.scheduler.stop()
 
 
-def print_row(clients: int, row: dict) -> None:
-    b, u = row["batched"], row["unbatched"]
-    line = (f"{clients:>3} clients: batched {b['tokens_per_s']:7.1f} tok/s "
-            f"(TTFT p50 {b['ttft_p50_s']:.2f} s, ITL p50 {b['itl_p50_s'] * 1e3:.0f} ms) | "
-            f"max-batch 1 {u['tokens_per_s']:7.1f} tok/s (TTFT p50 {u['ttft_p50_s']:.2f} s) "
-            f"| ratio {b['tokens_per_s'] / u['tokens_per_s']:.2f}x")
-    for who in [k for k in row if k.startswith("llama_server")]:
-        ls = row[who]
-        line += (f"\n      {who} {ls['tokens_per_s']:7.1f} tok/s (TTFT p50 "
-                 f"{ls['ttft_p50_s']:.2f} s, ITL p50 {ls['itl_p50_s'] * 1e3:.0f} ms) | "
-                 f"ours/{who} {b['tokens_per_s'] / ls['tokens_per_s']:.2f}x")
-    print(line, flush=True)
+def kv_gb(lm, slots: int) -> float:
+    """KV-cache memory for `slots` sequences of CTX positions in the model's dtype."""
+    c = lm.model.config
+    bytes_per = torch.tensor([], dtype=lm.model.dtype).element_size()
+    return 2 * c.n_layer * c.n_kv_head * c.head_dim * CTX * bytes_per * slots / 1e9 * 1.05
 
 
-def run_load(targets: dict[str, tuple[str, str]], args: argparse.Namespace) -> dict:
-    """Every client count against every target (url, kind), rotating the order per rep."""
+def rotate(targets: dict[str, tuple[str, str]], args: argparse.Namespace) -> dict:
+    """Every client count against every target (url, kind), the order reversed every rep."""
     for url, kind in targets.values():  # warm-up
-        asyncio.run(load_run(url, kind, 2, 4))
+        client(url, kind, 2, 4)
     names, results = list(targets), {}
     for clients in args.clients:
         runs: dict[str, list[dict]] = {who: [] for who in names}
         for rep in range(args.reps):
-            for who in names[rep % len(names):] + names[:rep % len(names)]:
-                url, kind = targets[who]
-                runs[who].append(asyncio.run(load_run(url, kind, clients, args.tokens)))
-        results[clients] = {who: median_of(r) for who, r in runs.items()}
+            for who in (names if rep % 2 == 0 else names[::-1]):
+                runs[who].append(client(*targets[who], clients, args.tokens))
+        results[clients] = {who: {**{k: statistics.median(r[k] for r in rs) for k in rs[0]},
+                                  "tokens_per_s_reps": [r["tokens_per_s"] for r in rs]}
+                            for who, rs in runs.items()}
         print_row(clients, results[clients])
     return results
 
 
-def vs_llama(load_: dict, who: str) -> dict:
-    """Ratios lmforge (batched) / llama-server `who` per client count: > 1 means ours is
-    higher (better for tokens/s, worse for latencies)."""
+def print_row(clients: int, row: dict) -> None:
+    cells = [f"{who} {r['tokens_per_s']:7.1f} tok/s (TTFT p50 {r['ttft_p50_s']:.2f} s, ITL p50 "
+             f"{r['itl_p50_s'] * 1e3:.0f} ms, client CPU {r['client_cpu_share']:.0%})"
+             for who, r in row.items()]
+    if "llama_server" in row:
+        ratio = row["lmforge"]["tokens_per_s"] / row["llama_server"]["tokens_per_s"]
+        cells.append(f"ours/llama-server {ratio:.2f}x")
+    print(f"{clients:>3} clients: " + " | ".join(cells), flush=True)
+
+
+def ratios(load_: dict, theirs: str) -> dict:
+    """lmforge / `theirs` per client count: > 1 means ours is higher (better for tokens/s,
+    worse for latencies)."""
     keys = ["tokens_per_s", "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s"]
-    return {c: {k: row["batched"][k] / row[who][k] for k in keys} for c, row in load_.items()}
+    return {c: {k: row["lmforge"][k] / row[theirs][k] for k in keys} for c, row in load_.items()}
 
 
-def run_chat(servers: dict[str, str], reps: int) -> dict:
+def run_chat(lm, reps: int) -> dict:
     chat: dict[str, list[float]] = {"reuse": [], "no_reuse": []}
-    for rep in range(reps):
-        order = ["reuse", "no_reuse"] if rep % 2 == 0 else ["no_reuse", "reuse"]
-        for who in order:
-            url = servers["batched" if who == "reuse" else "no_reuse"]
-            chat[who].append(asyncio.run(fifth_turn_ttft(url, f"{who} {rep}")))
+    with ours(lm, max_batch=SLOTS, kv_cache_gb=kv_gb(lm, 2 * SLOTS)) as reuse, \
+            ours(lm, max_batch=SLOTS, kv_cache_gb=kv_gb(lm, SLOTS), prefix_reuse=False) as no:
+        for rep in range(reps):
+            for who in (["reuse", "no_reuse"] if rep % 2 == 0 else ["no_reuse", "reuse"]):
+                url = reuse if who == "reuse" else no
+                chat[who].append(asyncio.run(fifth_turn_ttft(url, f"{who} {rep}")))
     out = {k: statistics.median(v) for k, v in chat.items()}
     print(f"fifth-turn TTFT: reuse {out['reuse']:.3f} s, without {out['no_reuse']:.3f} s "
           f"({out['no_reuse'] / out['reuse']:.2f}x)")
+    return out
+
+
+def run_pair(name: str, lm, gguf: Path | None, binary: Path | None, baselines: bool,
+             args: argparse.Namespace) -> dict:
+    """One pair: lmforge serving `lm` against llama-server on `gguf` (and the baselines)."""
+    print(f"\n== {name}: lmforge {lm.model.dtype} against llama-server on {gguf and gguf.name}",
+          flush=True)
+    out: dict = {"gguf": gguf and gguf.name, "load_before": load_average()}
+    with contextlib.ExitStack() as stack:
+        targets = {"lmforge": (stack.enter_context(ours(
+            lm, max_batch=SLOTS, kv_cache_gb=kv_gb(lm, 2 * SLOTS))), "lmforge")}
+        if baselines:
+            targets["max_batch_1"] = (stack.enter_context(ours(
+                lm, max_batch=1, kv_cache_gb=kv_gb(lm, 2))), "lmforge")
+        if binary is not None and gguf is not None:
+            targets["llama_server"] = (stack.enter_context(
+                llama_server(binary, gguf, args.threads)), "llama")
+        out["load"] = rotate(targets, args)
+    if "llama_server" in targets:
+        out["ours_over_llama_server"] = ratios(out["load"], "llama_server")
+    if baselines:
+        out["chat"] = run_chat(lm, args.reps)
+    out["load_after"] = load_average()
     return out
 
 
@@ -236,16 +251,19 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"], choices=list(GGUF_TYPES))
+    parser.add_argument("--int4", metavar="DIR", type=Path,
+                        help="a quantized checkpoint (lmforge quantize) to pair with the Q4_1 GGUF")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--skip-baselines", action="store_true",
+                        help="leave out --max-batch 1 and the prefix-reuse chat turns")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where the record goes")
     parser.add_argument("--llama-server", metavar="PATH",
                         help=f"llama-server binary (default: {LLAMA_SERVER} when it exists)")
     parser.add_argument("--no-llama-server", action="store_true",
                         help="leave the llama.cpp comparison out")
-    parser.add_argument("--llama-threads", type=int, nargs="+", metavar="N",
-                        help="one llama-server per thread count (default: --threads)")
     return parser.parse_args()
 
 
@@ -253,29 +271,26 @@ def main() -> None:
     args = parse_args()
     binary = find_llama_server(args.llama_server, args.no_llama_server)
     torch.set_num_threads(args.threads)
-    servers = start_ours(args)
-    targets = {"batched": (servers["batched"], "lmforge"),
-               "unbatched": (servers["unbatched"], "lmforge")}
-    record: dict = {"benchmark": "serve", "threads": args.threads, "dtype": args.dtype,
-                    "tokens_per_client": args.tokens, "reps": args.reps,
-                    "torch": torch.__version__}
-    llama_threads = (args.llama_threads or [args.threads]) if binary is not None else []
-    llamas = [f"llama_server_t{n}" for n in llama_threads]
-    with contextlib.ExitStack() as stack:
-        for who, n in zip(llamas, llama_threads, strict=True):
-            url, record["llama_server"] = stack.enter_context(llama_server(binary, n))
-            targets[who] = (url, "llama")
-        load_ = run_load(targets, args)
-    record["load"] = load_
-    if llamas:
-        record["ours_over_llama_server"] = {who: vs_llama(load_, who) for who in llamas}
-    record["chat"] = run_chat(servers, args.reps)
-    if 1 in load_ and 32 in load_:
-        record["scaling_32_vs_1"] = load_[32]["batched"]["tokens_per_s"] / load_[1][
-            "batched"]["tokens_per_s"]
-        print(f"aggregate tokens/s, 32 clients / 1 client: {record['scaling_32_vs_1']:.2f}x")
-    atomic_write_text(RESULTS, json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
+    record: dict = {"benchmark": "serve", **machine(args.threads, args.reps),
+                    "tokens_per_client": args.tokens, "clients": args.clients}
+    if binary is not None:
+        version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                                 check=False)
+        record["llama_server"] = (version.stdout + version.stderr).strip()
+        record["llama_command"] = " ".join(llama_command(Path("llama-server"), Path("MODEL.gguf"),
+                                                         args.threads, 0))
+    pairs: list[tuple[str, str | Path, str | None]] = [
+        (d, "smollm2", d) for d in args.dtypes]
+    if args.int4:
+        pairs.append(("int4", args.int4, None))
+    record["pairs"] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, spec, dtype) in enumerate(pairs):
+            lm = load(str(spec), dtype=dtype) if dtype else load(str(spec))
+            gguf = None if binary is None else gguf_for(dtype, Path(tmp))
+            record["pairs"][name] = run_pair(name, lm, gguf, binary,
+                                             i == 0 and not args.skip_baselines, args)
+    finish(record, args.json)
 
 
 if __name__ == "__main__":
