@@ -24,6 +24,8 @@ from lmforge.generate.engine import Rows, generate_ids
 from lmforge.generate.row import RowDecoder
 from lmforge.generate.shift import shifted
 from lmforge.interop import load_weights
+from lmforge.interop.gguf_write import architecture
+from lmforge.interop.hf import hf_config
 from lmforge.model.config import ModelConfig
 from lmforge.model.rope_scaling import parse_rope_scaling, rope_frequencies, with_rope_scaling
 from lmforge.model.transformer import Transformer
@@ -161,6 +163,15 @@ def test_none_with_a_factor_extrapolates_plain_rope() -> None:
     assert (config.max_seq_len, config.rope_original_max_seq_len) == (256, 64)
     inv_freq, attention = rope_frequencies(config)
     assert torch.equal(inv_freq, rope_frequencies(trained)[0]) and attention == 1.0
+
+
+@pytest.mark.parametrize("spec", ["yarn:4", "none:2"])
+def test_exports_refuse_a_scaled_rope_rather_than_drop_it(spec: str) -> None:
+    config = with_rope_scaling(tiny_decoder(64).config, spec)
+    with pytest.raises(LmforgeError, match="rope_factor"):
+        hf_config(config, None, torch.float32)
+    with pytest.raises(LmforgeError, match="rope_factor"):
+        architecture(config)
 
 
 @pytest.mark.parametrize("spec", ["yarn", "yarn:0.5", "rope:2", "linear:x", "none:0.5", ""])

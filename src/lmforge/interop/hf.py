@@ -145,13 +145,15 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer | None, dtype: torch.dty
             "Hugging Face's Llama, GPT-2, BERT and T5 classes have no MoE layers, so it "
             "cannot be exported to them; keep it in the lmforge checkpoint format "
             "(`lmforge convert --to lmforge`), which stores the experts and the router")
+    # a scaled RoPE (model/rope_scaling.py) is refused, not written as a plain one
     unsupported = {k: v for k, v in (("family", "decoder"), ("norm", "rmsnorm"),
-                                     ("mlp", "swiglu"), ("position", "rope"))
+                                     ("mlp", "swiglu"), ("position", "rope"),
+                                     ("rope_scaling", "none"), ("rope_factor", 1.0))
                    if getattr(config, k) != v}
     if unsupported:
         have = ", ".join(f"{k}={getattr(config, k)!r}" for k in unsupported)
         raise LmforgeError(f"Hugging Face export writes Llama models only (decoder, rmsnorm, "
-                           f"swiglu, rope); this model has {have}")
+                           f"swiglu, rope without scaling); this model has {have}")
     special = tokenizer.special if tokenizer is not None else None
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
