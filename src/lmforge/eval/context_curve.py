@@ -126,7 +126,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                         "no overlap)")
     p.add_argument("--rope-scaling", nargs="+", default=None, metavar="METHOD:FACTOR",
                    help="run RoPE models past their trained window: linear:S, ntk:S or "
-                        "yarn:S (S times the window), or none; several compare")
+                        "yarn:S (S times the window), or none:S (plain RoPE over it, the "
+                        "baseline); several compare")
     p.add_argument("--ctx-curve", default=None, metavar="N,N,…",
                    help="perplexity at each of these context lengths instead (the same "
                         "tokens at every point; docs/long_context.md)")
