@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from gguf.constants import GGML_QUANT_SIZES
@@ -96,8 +95,10 @@ def test_tiny_model_runs_its_gguf_blocks(tiny_gguf, kind: str) -> None:
     int4 = {m.kernel for n, m in layers.items() if n != "lm_head"}
     assert int4 == ({"dequant_mm"} if kind == "q8_0" else {"int4pack_mm"})
     with torch.no_grad():
-        diff = (native(IDS) - reference(IDS)).abs().max().item()
-    assert diff <= 1e-4
+        ours, ref = native(IDS), reference(IDS)
+    # the packed kernels may round activations and [s; z] to bf16 (compress/linear.py):
+    # measured 3e-3 on logits up to 1.9 then, 0 (Q8_0) and 1e-6 (Q4) with fp32 activations
+    assert (ours - ref).abs().max().item() <= 2 ** -7 * ref.abs().max().item()
 
 
 def test_a_projection_of_mixed_types_stays_float() -> None:
@@ -140,8 +141,14 @@ def test_smollm2_q_matches_the_dequantized_model(smollm2) -> None:
     assert {m.kernel for m in projections.values()} == {"int4pack_mm"}
     ids = torch.tensor([lm.tokenizer.encode("The capital of France is Paris, and the capital "
                                             "of Spain is")])
+    for name in ("layers.0.attn.qkv", "layers.29.ffn.down"):  # the blocks, exactly
+        weight = smollm2.model.get_submodule(name).weight
+        assert torch.allclose(projections[name].dequantize(), weight, rtol=0, atol=1e-6)
     with torch.no_grad():
-        ours, ref = lm.model(ids), smollm2.model(ids)
-    # measured 8.4e-5 on logits of magnitude up to 29: the kernel's fp32 accumulation order
-    assert (ours - ref).abs().max().item() <= 2e-4
-    assert np.array_equal(ours[0, -1].argmax().numpy(), ref[0, -1].argmax().numpy())
+        ours, ref = lm.model(ids)[0], smollm2.model(ids)[0]
+    # the kernel's rounding: with fp32 activations the logits (up to 29) were within 8.4e-5;
+    # the packed kernels now take activations in bf16 (compress/linear.py): 0.73, as the bf16
+    # model's own 0.66, and a mean KL of 6e-4 (bf16 model: 1.2e-3)
+    kl = torch.sum(ref.softmax(-1) * (ref.log_softmax(-1) - ours.log_softmax(-1)), -1)
+    assert (ours - ref).abs().max().item() <= 1.0 and kl.mean().item() <= 2e-3
+    assert torch.equal(ours.argmax(-1), ref.argmax(-1))
