@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,12 @@ def test_quantize_writes_a_directory_generate_loads(float_dir, tmp_path, capsys)
                         "--out", str(out))
     assert code == 0
     assert "quantized to int4-g32 (rtn)" in text and "int4pack_mm × 8" in text
-    assert "MB in fp32 →" in text and "% of fp32" in text
+    assert "MB in fp32 →" in text
+    fp32, out_mb, share = re.search(r"tensors ([\d.]+) MB in fp32 → ([\d.]+) MB \((\d+)%\)",
+                                    text).groups()
+    assert float(out_mb) == pytest.approx((out / "model.safetensors").stat().st_size / 1e6,
+                                          abs=0.05)
+    assert int(share) == round(100 * float(out_mb) / float(fp32))
     config = json.loads((out / "config.json").read_text())
     assert config["quantization"] == {"scheme": "int4-g32", "method": "rtn",
                                       "skip": ["lm_head"], "group_size": 32,

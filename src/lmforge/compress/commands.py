@@ -65,7 +65,7 @@ class Report:
     kernels: dict[str, int]  # product name → layers
     source_bytes: int  # the model as it lies on disk
     fp32_bytes: int  # its tensors in fp32
-    out_bytes: int  # the quantized directory
+    out_bytes: int  # the quantized tensors (model.safetensors, without the tokenizer)
     seconds: float
 
     def lines(self) -> list[str]:
@@ -73,9 +73,9 @@ class Report:
         return [
             f"quantized to {self.scheme} ({self.method}) in {self.seconds:.1f} s",
             "kernels: " + ", ".join(f"{k} × {n}" for k, n in sorted(self.kernels.items())),
-            f"size: source {self.source_bytes / mb:.1f} MB on disk, {self.fp32_bytes / mb:.1f} "
-            f"MB in fp32 → {self.out_bytes / mb:.1f} MB "
-            f"({100 * self.out_bytes / self.fp32_bytes:.0f}% of fp32)",
+            f"size: source {self.source_bytes / mb:.1f} MB on disk; tensors "
+            f"{self.fp32_bytes / mb:.1f} MB in fp32 → {self.out_bytes / mb:.1f} MB "
+            f"({100 * self.out_bytes / self.fp32_bytes:.0f}%)",
         ]
 
 
@@ -130,7 +130,7 @@ def quantize(spec: str, scheme: str, out: str | Path, method: str = "rtn",
     write_directory(out, lambda tmp: save_quantized(tmp, model, tokenizer, record), force)
     kernels = Counter(m.kernel for m in quantized_layers(model).values())
     return Report(parsed.name, method, dict(kernels), disk_bytes(source.path), fp32_bytes,
-                  disk_bytes(Path(out)), time.perf_counter() - start)
+                  disk_bytes(Path(out) / "model.safetensors"), time.perf_counter() - start)
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
