@@ -19,10 +19,12 @@ record, so the speed part can run again on a quiet machine):
    harness (lighteval for the card) or the Q4_1 quantization of the GGUF, not our
    arithmetic; the unquantized weights are not available here to separate those two.
 3. speed: on `--speed-examples` examples of each multiple-choice task, alternating
-   repetitions of (a) lmforge as `eval --tasks` runs it (the context prefilled once, its
-   cache shared by the choices, examples batched), (b) lmforge scoring each choice from
-   scratch (one forward pass over context + choice per choice, `score.token_logprobs`),
-   (c) transformers as in part 2; medians of examples/s and the ratio a / b.
+   repetitions of (a) lmforge as `eval --tasks` runs it (each example one row: its context
+   read once and its choices as a trie after it, tree attention, `lmforge.continuation_tree`;
+   8 examples per pass), (b) lmforge scoring each choice from scratch (one forward pass
+   over context + choice per choice, batch 1, the head on the choice's positions only,
+   `score.token_logprobs`), (c) transformers as in part 2; medians of examples/s and the
+   ratio a / b. Same model, dtype and threads for all three.
 """
 
 from __future__ import annotations

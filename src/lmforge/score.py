@@ -7,9 +7,9 @@ API's `logprobs`. Two functions:
   (an encoder: one pass per scored token, batched), with the top-k alternatives and whether
   each token is the argmax (greedy) choice.
 - `loglikelihood(model, context, continuations)`: Σ log p of each continuation given the
-  context, and whether the whole continuation is the greedy one. Decoder families prefill
-  the context once into a KV-cache slot and score every continuation from a copy of it,
-  several continuations as one right-padded (ragged) batch (`lmforge.cached_scoring`).
+  context, and whether the whole continuation is the greedy one. The context and the trie
+  of the continuations are read in one pass, each token attending to its own path (tree
+  attention, `lmforge.continuation_tree`), several requests as a right-padded batch.
 
 What "log p(x_t)" means per family (t counts from 0 over `ids`; `prefix` tokens of context
 come first and are never scored):
@@ -31,7 +31,7 @@ both sides, so their sum is not normalised over sequences and compares only betw
 encoders, never with a decoder's log-likelihood.
 
 Logits are fp32 (the model's head casts them); log-softmax is logit − logsumexp with the
-normaliser accumulated in float64 (`cached_scoring.distribution_scores`).
+normaliser accumulated in float64 (`continuation_tree.distribution_scores`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmforge.cached_scoring import continuation_scores, distribution_scores
+from lmforge.continuation_tree import continuation_scores, distribution_scores
 from lmforge.errors import LmforgeError
 from lmforge.model.cross_attention import CrossMemory
 from lmforge.model.transformer import Transformer
@@ -200,11 +200,14 @@ def loglikelihood(model: Transformer, context: Sequence[int],
     """Σ_t log p(c_t | context, c_<t) of each continuation c, and whether every c_t is the
     argmax (lm-evaluation-harness's `loglikelihood` requests).
 
-    Decoder and prefix decoder: the context is prefilled once (a prefix decoder reads it as
-    its bidirectional prefix) and each continuation is scored from a copy of its cache slot,
-    up to `batch` continuations per forward pass. Encoder-decoder: the context is the
-    source, encoded once; the continuation is the target. Encoder: the pseudo-log-likelihood
-    of the continuation's tokens within context + continuation (needs `mask_id`).
+    Decoder and prefix decoder: the context and the trie of the continuations go through
+    one pass as one row, each token seeing its own path (tree attention,
+    `lmforge.continuation_tree`; a prefix decoder reads the context as its bidirectional
+    prefix), so the context and any first tokens the continuations share are read once.
+    Encoder-decoder: the context is the source, encoded once; the continuations are the
+    targets, as a trie. Encoder: the pseudo-log-likelihood of the continuation's tokens
+    within context + continuation (needs `mask_id`). `batch`: the most rows (requests) per
+    pass.
     Equal, up to rounding, to `token_logprobs(model, context + c, prefix=len(context))`
     (an encoder-decoder: `token_logprobs(model, c, source=context)`).
     """
@@ -219,11 +222,10 @@ def loglikelihood_requests(model: Transformer, requests: Sequence[Request], *,
     """`loglikelihood` of several (context, continuations) requests at once: the examples
     of a task evaluated together.
 
-    A decoder prefills the contexts (each with the tokens all its continuations begin with)
-    in right-padded passes grouped by length, and the continuations of every request share
-    the scoring passes (each row starts from a copy of its own context's slot), so small
-    examples fill the matrix products (`lmforge.cached_scoring`); other families run the
-    requests one after another. Equal, up to rounding, to one `loglikelihood` per request.
+    Each request is one row (its context and its continuations' trie), rows sorted by length
+    and cut into right-padded passes of at most `batch` rows (`lmforge.continuation_tree`),
+    so small examples fill the matrix products. Equal, up to rounding, to one
+    `loglikelihood` per request.
     """
     if batch < 1:
         raise LmforgeError(f"batch must be at least 1, got {batch}")
@@ -231,11 +233,9 @@ def loglikelihood_requests(model: Transformer, requests: Sequence[Request], *,
     if model.config.family == "encoder":
         return [[_summed(token_logprobs(model, [*ctx, *c], prefix=len(ctx), mask_id=mask_id))
                  for c in conts] for ctx, conts in checked]
-    if model.config.family != "decoder":  # one prefill per request (a source, a prefix)
-        return [_cached_loglikelihood(model, [r], batch)[0] if r[1] else [] for r in checked]
     if not any(conts for _, conts in checked):
         return [[] for _ in checked]
-    return _cached_loglikelihood(model, [r for r in checked if r[1]], batch, checked)
+    return _tree_loglikelihood(model, [r for r in checked if r[1]], batch, checked)
 
 
 def _check_request(model: Transformer, n: int, context: Sequence[int],
@@ -271,11 +271,11 @@ def _summed(scores: TokenScores) -> Loglikelihood:
                          scores.logprobs[scored].tolist())
 
 
-def _cached_loglikelihood(model: Transformer, requests: list[tuple[list[int], list[list[int]]]],
-                          batch: int, layout: list | None = None) -> list[list[Loglikelihood]]:
-    """Every continuation of `requests` scored from its context's cache
-    (`cached_scoring.continuation_scores`); the results in the shape of `layout` (the
+def _tree_loglikelihood(model: Transformer, requests: list[tuple[list[int], list[list[int]]]],
+                        batch: int, layout: list) -> list[list[Loglikelihood]]:
+    """Every continuation of `requests` scored as its context's tree
+    (`continuation_tree.continuation_scores`); the results in the shape of `layout` (the
     requests with those without continuations)."""
     it = (Loglikelihood(lp.double().sum().item(), bool(greedy.all()), lp.tolist())
           for lp, greedy in continuation_scores(model, requests, batch))
-    return [[next(it) for _ in conts] for _, conts in (layout or requests)]
+    return [[next(it) for _ in conts] for _, conts in layout]

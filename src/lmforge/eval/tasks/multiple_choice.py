@@ -2,7 +2,7 @@
 
 Each example is a context and n choices; the model's log-likelihood of each continuation
 " " + choice given the context is Σ_t log p(c_t | context, c_<t) (`lmforge.score.
-loglikelihood`: the context is prefilled once and its KV cache shared by the choices).
+loglikelihood`: the context is read once, the choices as a trie after it, in one pass).
 
     acc      = [argmax_i  LL_i            == gold]
     acc_norm = [argmax_i  LL_i / bytes_i  == gold]   bytes_i = len(choice_i in UTF-8)
@@ -56,7 +56,7 @@ from lmforge.score import loglikelihood_requests
 from lmforge.tokenizers.base import Tokenizer
 
 METRICS = ("acc", "acc_norm")
-CHOICE_ROWS = 16  # continuations per scoring pass (their contexts' slots stay in the cache)
+CHOICE_ROWS = 16  # examples per pass at most (each one row: its context, then its choices)
 NO_SHOTS = Shots(0)
 
 
@@ -153,8 +153,9 @@ def prompt(ex: Example, shots: Shots) -> str:
 
 def choice_loglikelihoods(lm: Any, examples: list[Example], shots: Shots = NO_SHOTS
                           ) -> list[list[float]]:
-    """LL_i = Σ log p(" " + choice_i | context) of each choice of each example: every
-    context prefilled once (the examples together) and its cache shared by its choices."""
+    """LL_i = Σ log p(" " + choice_i | context) of each choice of each example: each
+    example one row, its context read once and its choices as a trie after it (tree
+    attention, `lmforge.continuation_tree`), the examples together."""
     requests = []
     for ex in examples:
         context = prompt(ex, shots)
