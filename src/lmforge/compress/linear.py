@@ -36,9 +36,10 @@ Gradients flow to the input (LoRA on a frozen quantized base): ∂L/∂x = ∂L/
 dequantized in the backward pass; W8A8 rounds activations in the forward pass only (the
 straight-through estimator: the rounding's derivative taken as 1). The codes get no gradient.
 
-Under `torch.compile` (the compiled decode step) the aten products above are called as
-external kernels, and the elementwise work around them (W8A8's activation rounding, the
-dequantization) is fused by Inductor.
+Under `torch.compile` (the compiled decode step) the packed products are the custom ops
+`lmforge::int8pack_mm` and `lmforge::int4pack_mm`, opaque to Inductor, which calls them as
+external kernels (its own lowering of `_weight_int8pack_mm` failed on a fused bf16 input);
+the elementwise work elsewhere (W8A8's activation rounding, the dequantization) is fused.
 """
 
 from __future__ import annotations
@@ -168,14 +169,11 @@ class QuantLinear(nn.Module):
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """x·Ŵᵀ for x (rows, in), by `self.kernel`."""
-        if self.kernel in ("int8pack_mm", "int4pack_mm"):
-            xk = x.to(torch.bfloat16) if x.dtype == torch.float32 else x  # module docstring
-            if self.kernel == "int8pack_mm":
-                y = torch.ops.aten._weight_int8pack_mm(xk, self.codes, self.scale.to(xk.dtype))
-            else:
-                y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                    xk, self.int4_packed, self.scheme.group_size, self.scales_zeros.to(xk.dtype))
-            return y.to(x.dtype)
+        if self.kernel == "int8pack_mm":
+            return torch.ops.lmforge.int8pack_mm(x, self.codes, self.scale)
+        if self.kernel == "int4pack_mm":
+            return torch.ops.lmforge.int4pack_mm(x, self.int4_packed, self.scheme.group_size,
+                                                 self.scales_zeros)
         if self.kernel == "int_mm":
             return w8a8_product(x, self.codes, self.scale)
         if self.kernel == "scaled_mm":
@@ -194,6 +192,47 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"scheme={self.scheme.name}, kernel={self.kernel}, bias={self.bias is not None}")
+
+
+def _kernel_input(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16) if x.dtype == torch.float32 else x  # module docstring
+
+
+def int8pack_mm(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x·(q·diag(s))ᵀ by `aten._weight_int8pack_mm`, fp32 activations in bf16; the op
+    `lmforge::int8pack_mm`."""
+    xk = _kernel_input(x)
+    return torch.ops.aten._weight_int8pack_mm(xk, codes, scale.to(xk.dtype)).to(x.dtype)
+
+
+def int4pack_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int,
+                scales_zeros: torch.Tensor) -> torch.Tensor:
+    """x·((q − 8)·s + z)ᵀ by `aten._weight_int4pack_mm_for_cpu`, fp32 activations in bf16;
+    the op `lmforge::int4pack_mm`."""
+    xk = _kernel_input(x)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(
+        xk, packed, group_size, scales_zeros.to(xk.dtype)).to(x.dtype)
+
+
+# Opaque ops for torch.compile, as `lmforge::linear` in model/linear.py: Inductor's own
+# lowering of the aten int8 product fails on an input it has fused (the bf16 cast), and an
+# external kernel is all either product needs to be
+_lib = torch.library.Library("lmforge", "FRAGMENT")
+_lib.define("int8pack_mm(Tensor x, Tensor codes, Tensor scale) -> Tensor")
+_lib.define("int4pack_mm(Tensor x, Tensor packed, int group_size, Tensor scales_zeros) -> Tensor")
+_lib.impl("int8pack_mm", int8pack_mm, "CPU")
+_lib.impl("int4pack_mm", int4pack_mm, "CPU")
+
+
+@torch.library.register_fake("lmforge::int8pack_mm")
+def _(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], codes.shape[0])
+
+
+@torch.library.register_fake("lmforge::int4pack_mm")
+def _(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_zeros: torch.Tensor
+      ) -> torch.Tensor:
+    return x.new_empty(x.shape[0], scales_zeros.shape[1])
 
 
 class QuantProduct(torch.autograd.Function):
