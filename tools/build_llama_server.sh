@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Build llama.cpp's `llama-server` from the sources vendored in the llama-cpp-python sdist.
+# Build llama.cpp's `llama-server`, `llama-bench` and `llama-batched-bench` from the sources
+# vendored in the llama-cpp-python sdist.
 #
 #   tools/build_llama_server.sh     # -> build/llama.cpp/bin/llama-server (12 min of CPU)
 #
-# Benchmark reference only (benchmarks/serve.py runs it beside `lmforge serve`); nothing in
+# Benchmark references only (benchmarks/serve.py runs the server beside `lmforge serve`,
+# benchmarks/quantize.py the two bench tools beside lmforge's quantized layers); nothing in
 # lmforge or its tests needs it. Idempotent: prints the binary's path and exits when it is
 # already built. Needs CMake >= 3.14 and a C++17 compiler; no network beyond PyPI.
 # Pin another release with LLAMA_CPP_PYTHON_VERSION=..., more build jobs with JOBS=...
@@ -12,10 +14,11 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SDIST="$ROOT/build/llama-sdist"
 BUILD="$ROOT/build/llama.cpp"
 BIN="$BUILD/bin/llama-server"
+TOOLS="llama-server llama-bench llama-batched-bench"
 PIP="${PIP:-$ROOT/.venv/bin/pip}"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 
-if [ ! -x "$BIN" ]; then
+if [ ! -x "$BIN" ] || [ ! -x "$BUILD/bin/llama-bench" ] || [ ! -x "$BUILD/bin/llama-batched-bench" ]; then
   mkdir -p "$SDIST"
   if [ ! -f "$SDIST/llama_cpp_python-$VERSION.tar.gz" ]; then
     # pip has to prepare the sdist's metadata; with build isolation it only installs the
@@ -37,6 +40,7 @@ if [ ! -x "$BIN" ]; then
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
     -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF >/dev/null
-  cmake --build "$BUILD" --target llama-server -j "${JOBS:-2}"
+  # shellcheck disable=SC2086  # TOOLS is a list of targets
+  cmake --build "$BUILD" --target $TOOLS -j "${JOBS:-2}"
 fi
 echo "$BIN"
