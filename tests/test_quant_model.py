@@ -78,11 +78,29 @@ def test_every_projection_but_the_skipped_head_is_replaced(tok) -> None:
     assert isinstance(model.lm_head, Linear) and model.embed.weight.dtype == torch.float32
     assert layers["layers.0.attn.qkv"].slices == {"q": slice(0, 64), "k": slice(64, 96),
                                                   "v": slice(96, 128)}
-    assert record.to_dict() == {"scheme": "int4-g64", "method": "rtn", "skip": ["lm_head"],
+    assert record.to_dict() == {"scheme": "int4-g64", "method": "rtn",
+                                "skip": ["lm_head", "ffn.router", "ffn.noise"],
                                 "group_size": 64, "calibration": None}
     model = tiny(tok, tie=False)
     quantize_model(model, "int8", skip=["lm_head", "ffn.down"])
     assert not any(n.endswith("ffn.down") for n in quantized_layers(model))
+
+
+def test_moe_experts_are_quantized_and_the_router_is_not() -> None:
+    config = ModelConfig(vocab_size=64, d_model=64, n_layer=2, n_head=4, d_ff=64,
+                         max_seq_len=32, moe_experts=4, moe_k=2)
+    model = Transformer(config)
+    model.init_weights(std=0.2, seed=0)
+    model.eval()
+    ids = torch.tensor([[1, 7, 40, 9, 30, 25]])
+    with torch.no_grad():
+        before = model(ids)
+        quantize_model(model, "int8")
+        after = model(ids)
+    layers = quantized_layers(model)
+    assert "layers.0.ffn.experts.3.up" in layers
+    assert not any("router" in n or "noise" in n for n in layers)
+    assert (after - before).abs().max() < 0.1 * before.abs().max()
 
 
 def test_precomputed_weights_are_installed_as_given(tok) -> None:

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gptq: tokens per window (default 512)")
     q.add_argument("--skip", action="append", default=None, metavar="PATTERN",
                    help="projections to keep in floating point, by name or name ending "
-                        "(repeatable; default lm_head)")
+                        "(repeatable; default lm_head, ffn.router, ffn.noise)")
     q.add_argument("--out", required=True, help="the checkpoint directory to write")
     q.add_argument("--force", action="store_true",
                    help="replace --out when it is not empty (once the new one is complete)")

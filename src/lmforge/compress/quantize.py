@@ -7,7 +7,8 @@
 What stays in floating point: the token embedding (a lookup, not a product: it reads one
 row per token, so its size costs memory, not decode time) and with it a tied LM head
 (`TiedHead` reads the embedding's matrix), the norms, and every projection named in `skip`
-(by default the untied `lm_head`, whose error lands directly on the logits).
+(by default the untied `lm_head`, whose error lands directly on the logits, and the MoE
+router and its noise projection, which choose the experts).
 
 Methods: "rtn" rounds each group of weights to the nearest grid point (`schemes.rtn`);
 "gptq" (Frantar et al., 2022) takes the weights that `compress.gptq.gptq_weights` computed on
@@ -28,7 +29,9 @@ from lmforge.errors import LmforgeError
 from lmforge.model.surgery import replace_linears, slices_of
 
 METHODS = ("rtn", "gptq")
-SKIP = ("lm_head",)
+# an untied head's error lands on the logits; MoE routing decisions are sensitive to
+# rounding (ST-MoE §2.2: the router runs in fp32)
+SKIP = ("lm_head", "ffn.router", "ffn.noise")
 
 
 @dataclass
