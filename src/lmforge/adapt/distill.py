@@ -177,7 +177,8 @@ def load_teacher(run: RunConfig, s: DistillSettings, progress: bool = True) -> O
                            "must read the teacher's tokens")
     run_tokenizer(base, data.tokenizer, Path(run.data_dir), data.meta, data.val)
     check_student(run, base, data.meta["vocab_size"])
-    model = build_model(base.config, base.state_dict, parse_dtype(s.teacher_dtype))
+    model = build_model(base.config, base.state_dict, parse_dtype(s.teacher_dtype),
+                        base.transforms)  # a quantized teacher's layers
     model.to(pick_device(run.train.device))
     if s.teacher_logits == "online":
         return OnlineTeacher(model, s.chunks)
