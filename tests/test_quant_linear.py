@@ -153,3 +153,13 @@ def test_fp8_scaled_product_rounds_activations_to_e4m3(name: str) -> None:
     ref = xq @ q.dequantize().double().t()
     y = fp8_scaled_product(x, q.codes, q.scale)  # bf16 output, cast back
     assert ((y.double() - ref).abs() / ref.abs().amax()).max() < 1e-2
+
+
+def test_moving_to_the_meta_device_picks_its_product_and_back() -> None:
+    """Off the CPU the packed kernels do not apply (meta stands in for another device)."""
+    for name in ("int8", "int4-g32", "w8a8"):
+        layer = QuantLinear.from_weight(rtn(Scheme.parse(name), weight()))
+        layer.to("meta")
+        assert layer.kernel == "dequant_mm"
+        layer.to_empty(device="cpu")
+        assert layer.kernel == KERNELS[name]

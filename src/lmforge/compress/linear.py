@@ -163,8 +163,10 @@ class QuantLinear(nn.Module):
         super()._apply(fn, recurse)
         for name, dtype in kept.items():  # a cast of the module leaves these formats
             setattr(self, name, getattr(self, name).to(dtype))
-        if self.kernel == "int4pack_mm" and self.codes.device.type != "cpu":
-            self.kernel = "dequant_mm"
+        # a move picks the device's product (the int4 kernel's layout is made on the CPU)
+        kernel = choose_kernel(self.scheme, self.out_features, self.codes.device)
+        self.kernel = "dequant_mm" if kernel == "int4pack_mm" and not hasattr(
+            self, "int4_packed") else kernel
         return self
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
