@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lmforge.model.attention import KVStore
 from lmforge.model.transformer import Transformer
 
 BATCH_TOKENS = 2048  # positions per pass (rows × longest row); a longer tree is split
@@ -118,7 +119,7 @@ def _trees(context: list[int], continuations: list[list[int]]) -> list[Tree]:
     return [build_tree(context, chunk) for chunk in chunks]
 
 
-class TreeStore:
+class TreeStore(KVStore):
     """The `KVStore` of a pass over trees: this pass's keys are all there are (no cache),
     at the tokens' depths, visible as the trees' mask (B, 1, T, T) says."""
 
