@@ -5,7 +5,7 @@ and speed, side by side with llama.cpp on the same machine.
         [--reps 3] [--compile] [--llama-bin build/llama.cpp/bin] [--json FILE]
 
 Variants: fp32 and bf16 (the GGUF dequantized), int8 (per channel), int4-g32 by round to
-nearest and by GPTQ (calibrated on WikiText-2's training text), fp8-e4m3 (per channel) and
+nearest and by GPTQ (calibrated on WikiText-2 validation text), fp8-e4m3 (per channel) and
 w8a8, each a checkpoint written by `lmforge quantize` from the fp32 model into build/quantize,
 and q4_1-native, the GGUF's own Q4_1 blocks in int4 layers (`--dtype q`). Activations are
 fp32 except for bf16.
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,7 @@ QUANTIZED = {  # variant: `lmforge quantize` arguments
     "w8a8": ["--scheme", "w8a8"],
     "int4-g32-rtn": ["--scheme", "int4-g32"],
     "int4-g32-gptq": ["--scheme", "int4-g32", "--method", "gptq",
-                      "--calib", str(WIKI / "train.txt"), "--calib-samples", "64"],
+                      "--calib", str(WIKI / "valid.txt"), "--calib-samples", "16"],
     "fp8-e4m3": ["--scheme", "fp8-e4m3"],
 }
 VARIANTS = ["fp32", "bf16", "int8", "int4-g32-rtn", "int4-g32-gptq", "q4_1-native",
@@ -223,7 +222,7 @@ def int4_floor(reps: int) -> dict:
 
 
 def print_table(record: dict) -> None:
-    quality_rows, speed_rows = record["quality"], record["speed"]
+    quality_rows, speed_rows = record.get("quality", {}), record.get("speed", {})
     keys = ["file_mb", "rss_mb", "peak_rss_mb", "wikitext2_ppl", "hellaswag_acc_norm",
             "arc_easy_acc_norm"]
     print(f"\n{'variant':22}" + "".join(f"{k:>20}" for k in keys))
@@ -256,11 +255,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     llama = (args.llama_bin / "llama-bench").exists()
     ggufs = prepare(args.variants, llama)
-    record = {"benchmark": "quantize", **machine(threads=args.threads, reps=args.reps),
-              "limit": args.limit, "ppl_chars": args.ppl_chars, "tasks": TASKS,
-              "llama_cpp": llama, "omp_threads": os.environ.get("OMP_NUM_THREADS"),
-              "quality": {}, "speed": {}}
+    # a part run alone keeps the other part of an existing record, with its own machine
+    record = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+    record.update({"benchmark": "quantize", "limit": args.limit, "ppl_chars": args.ppl_chars,
+                   "tasks": TASKS, "llama_cpp": llama})
+    for part in args.parts:
+        record[f"{part}_machine"] = machine(threads=args.threads, reps=args.reps)
     if "quality" in args.parts:
+        record["quality"] = {}
         for variant in args.variants:
             row = run_quality(variant, args)
             record["quality"][variant] = {"file_mb": file_bytes(variant) / 1e6, **row}
