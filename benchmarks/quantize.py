@@ -7,8 +7,10 @@ and speed, side by side with llama.cpp on the same machine.
 Variants: fp32 and bf16 (the GGUF dequantized), int8 (per channel), int4-g32 by round to
 nearest and by GPTQ (calibrated on WikiText-2 validation text), fp8-e4m3 (per channel) and
 w8a8, each a checkpoint written by `lmforge quantize` from the fp32 model into build/quantize,
-and q4_1-native, the GGUF's own Q4_1 blocks in int4 layers (`--dtype q`). Activations are
-fp32 except for bf16.
+and q4_1-native, the GGUF's own Q4_1 blocks in int4 layers (`--dtype q`). SmolLM2's weights
+come from a Q4_1 file, which is exactly an int4-g32 grid: int4-g32 reproduces them (both
+methods), so the methods are compared at int4-g64, which the file's grid does not fit.
+Activations are fp32 except for bf16 (the packed int8/int4 kernels round them to bf16).
 
 Quality and memory, one child process per variant (so that each one's memory is its own):
 seconds to load, resident memory after loading and its peak (VmRSS, VmHWM), the kernel each
@@ -59,10 +61,13 @@ QUANTIZED = {  # variant: `lmforge quantize` arguments
     "int4-g32-rtn": ["--scheme", "int4-g32"],
     "int4-g32-gptq": ["--scheme", "int4-g32", "--method", "gptq",
                       "--calib", str(WIKI / "valid.txt"), "--calib-samples", "16"],
+    "int4-g64-rtn": ["--scheme", "int4-g64"],
+    "int4-g64-gptq": ["--scheme", "int4-g64", "--method", "gptq",
+                      "--calib", str(WIKI / "valid.txt"), "--calib-samples", "16"],
     "fp8-e4m3": ["--scheme", "fp8-e4m3"],
 }
-VARIANTS = ["fp32", "bf16", "int8", "int4-g32-rtn", "int4-g32-gptq", "q4_1-native",
-            "fp8-e4m3", "w8a8"]
+VARIANTS = ["fp32", "bf16", "int8", "int4-g32-rtn", "int4-g32-gptq", "int4-g64-rtn",
+            "int4-g64-gptq", "q4_1-native", "fp8-e4m3", "w8a8"]
 LLAMA_TYPES = {"Q4_1": None, "Q8_0": "q8_0"}  # None: the packaged file itself
 TASKS = ["hellaswag", "arc_easy"]
 LMFORGE = str(Path(sys.executable).parent / "lmforge")
@@ -77,11 +82,13 @@ def spec_of(variant: str) -> tuple[str, str]:
     return str(BUILD / variant), "fp32"
 
 
-def file_bytes(variant: str) -> int:
-    spec, _ = spec_of(variant)
-    path = model_path("smollm2") if spec == "smollm2" else Path(spec)
-    files = [path] if path.is_file() else [p for p in path.rglob("*.safetensors")]
-    return sum(p.stat().st_size for p in files)
+def file_bytes(variant: str) -> int | None:
+    """Bytes on disk of a quantized checkpoint's tensors or of the GGUF `--dtype q` reads;
+    None for fp32 and bf16, which load from the Q4_1 GGUF (their size is `weights_mb`)."""
+    spec, dtype = spec_of(variant)
+    if spec == "smollm2":
+        return model_path("smollm2").stat().st_size if dtype == "q" else None
+    return sum(p.stat().st_size for p in Path(spec).rglob("*.safetensors"))
 
 
 def prepare(variants: list[str], llama: bool) -> dict[str, Path]:
@@ -117,7 +124,10 @@ def quality(variant: str, threads: int, limit: int, ppl_chars: int) -> dict:
     spec, dtype = spec_of(variant)
     start = time.perf_counter()
     lm = load(spec, dtype=dtype)
+    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in
+               (*lm.model.parameters(), *lm.model.buffers())}
     out = {"load_s": time.perf_counter() - start, **memory_mb(),
+           "weights_mb": sum(tensors.values()) / 1e6,
            "kernels": sorted({m.kernel for m in quantized_layers(lm.model).values()})}
     text = (WIKI / "test.txt").read_text(encoding="utf-8")[:ppl_chars]
     ids = lm.tokenizer.encode(text, parse_special=False)
@@ -223,11 +233,11 @@ def int4_floor(reps: int) -> dict:
 
 def print_table(record: dict) -> None:
     quality_rows, speed_rows = record.get("quality", {}), record.get("speed", {})
-    keys = ["file_mb", "rss_mb", "peak_rss_mb", "wikitext2_ppl", "hellaswag_acc_norm",
-            "arc_easy_acc_norm"]
+    keys = ["file_mb", "weights_mb", "rss_mb", "peak_rss_mb", "wikitext2_ppl",
+            "hellaswag_acc_norm", "arc_easy_acc_norm"]
     print(f"\n{'variant':22}" + "".join(f"{k:>20}" for k in keys))
     for variant, row in quality_rows.items():
-        print(f"{variant:22}" + "".join(f"{row.get(k, float('nan')):20.3f}" for k in keys))
+        print(f"{variant:22}" + "".join(f"{row.get(k) or float('nan'):20.3f}" for k in keys))
     keys = ["prefill_tokens_per_s", "decode_b1_tokens_per_s", "decode_b8_tokens_per_s"]
     print(f"\n{'variant':22}" + "".join(f"{k:>24}" for k in keys))
     for who, row in speed_rows.items():
@@ -262,10 +272,11 @@ def main() -> None:
     for part in args.parts:
         record[f"{part}_machine"] = machine(threads=args.threads, reps=args.reps)
     if "quality" in args.parts:
-        record["quality"] = {}
+        record.setdefault("quality", {})  # rows of variants not run now are kept
         for variant in args.variants:
             row = run_quality(variant, args)
-            record["quality"][variant] = {"file_mb": file_bytes(variant) / 1e6, **row}
+            size = file_bytes(variant)
+            record["quality"][variant] = {"file_mb": size and size / 1e6, **row}
             print(variant, json.dumps(record["quality"][variant]), flush=True)
     if "speed" in args.parts:
         record["speed"] = speed(args.variants, ggufs, args)
