@@ -18,6 +18,7 @@ t*hd/2 + j (t ∈ {0, 1}); `unpermute_qk` maps it back, `permute_qk` is its inve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,6 +59,18 @@ def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     # (h, hd/2, 2, …) → (h, 2, hd/2, …): row 2j + t moves back to t*hd/2 + j
     return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2) \
         .reshape(w.shape)
+
+
+def map_qk(config: ModelConfig, parts: dict[str, torch.Tensor],
+           fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """parts[name] = fn(parts[name], heads) for every layer's q and k weight and bias in
+    `parts` (llama.cpp's row order of Q/K one way or the other)."""
+    for i in range(config.n_layer):
+        for p, heads in (("q", config.n_head), ("k", config.n_kv_head)):
+            for suffix in ("weight", "bias"):
+                name = f"layers.{i}.{p}.{suffix}"
+                if name in parts:
+                    parts[name] = fn(parts[name], heads)
 
 
 def config_from_gguf(meta: dict, tensor_names: set[str], path: str | Path = "GGUF file"
@@ -115,12 +128,7 @@ def state_dict_from_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor
     """Our state dict from tensors under GGUF names: renamed, Q/K rows unpermuted, fused and
     checked (meta tensors pass through: `compress/gguf_native.py` fills those in itself)."""
     parts = layout.gather(config, GGUF_NAMES, tensors, where)
-    for i in range(config.n_layer):
-        for p, heads in (("q", config.n_head), ("k", config.n_kv_head)):
-            for suffix in ("weight", "bias"):
-                name = f"layers.{i}.{p}.{suffix}"
-                if name in parts:
-                    parts[name] = unpermute_qk(parts[name], heads)
+    map_qk(config, parts, unpermute_qk)
     state_dict = layout.fuse(config, parts)
     layout.check_state_dict(config, state_dict, where)
     return state_dict

@@ -37,7 +37,7 @@ from gguf.constants import GGMLQuantizationType as T
 
 from lmforge.errors import LmforgeError
 from lmforge.interop import layout
-from lmforge.interop.gguf import GGUF_NAMES, config_from_gguf, permute_qk
+from lmforge.interop.gguf import GGUF_NAMES, config_from_gguf, map_qk, permute_qk
 from lmforge.interop.gguf_gpt2 import gpt2_metadata, gpt2_tensors
 from lmforge.interop.threads import single_threaded
 from lmforge.io import atomic_write
@@ -137,12 +137,7 @@ def gguf_tensors(config: ModelConfig, state_dict: dict[str, torch.Tensor]
                  ) -> dict[str, torch.Tensor]:
     """GGUF name → tensor of our state dict (Q/K rows permuted as llama.cpp stores them)."""
     parts = layout.split(config, state_dict)
-    for i in range(config.n_layer):
-        for p, heads in (("q", config.n_head), ("k", config.n_kv_head)):
-            for suffix in ("weight", "bias"):
-                name = f"layers.{i}.{p}.{suffix}"
-                if name in parts:
-                    parts[name] = permute_qk(parts[name], heads)
+    map_qk(config, parts, permute_qk)
     return layout.scatter(GGUF_NAMES, parts)
 
 
