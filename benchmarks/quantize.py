@@ -219,13 +219,10 @@ def int4_floor(reps: int) -> dict:
     reading them at the best rate this machine streams fp32 weights (`decode.floor`: one
     product over them all, the per-matrix sweep, or a plain read) allows."""
     lm = load(str(BUILD / "int4-g32-rtn"))
-    layers = quantized_layers(lm.model)
-    seen, total = set(), 0
-    for t in (*(p for m in layers.values() for p in (*m.parameters(), *m.buffers())),
-              lm.model.head_weight()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
+    read = [lm.model.head_weight()]  # the kernel reads its packed copy, not the stored codes
+    for m in quantized_layers(lm.model).values():
+        read += [m.int4_packed, m.scales_zeros, *([m.bias] if m.bias is not None else [])]
+    total = sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in read}.values())
     rates = floor(load("smollm2").model, reps)
     best = max(rates[k] for k in ("one_matrix_gb_per_s", "sweep_gb_per_s", "read_gb_per_s"))
     return {"bytes_per_token": total, "gb_per_s": best, "tokens_per_s": best * 1e9 / total}
