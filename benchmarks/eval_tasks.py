@@ -40,8 +40,9 @@ from pathlib import Path
 import torch
 
 from lmforge.api import load
+from lmforge.eval.pairs import encode_pair
 from lmforge.eval.tasks import get_task
-from lmforge.eval.tasks.multiple_choice import NO_SHOTS, choose, encode_pair
+from lmforge.eval.tasks.multiple_choice import NO_SHOTS, choose
 from lmforge.eval.tasks.runner import evaluate_tasks
 from lmforge.hardware import cpu_name
 from lmforge.io import atomic_write_text

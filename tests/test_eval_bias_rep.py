@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from lmforge.api import LoadedModel
 from lmforge.errors import LmforgeError
 from lmforge.eval import bias, classify, repetition
+from lmforge.eval.pairs import encode_pair
 from lmforge.generate.config import GenerationConfig
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
@@ -179,7 +180,7 @@ def test_sst2_prompt_is_the_harness_one():
 
 def test_encode_pair_moves_trailing_spaces():
     tok = CharTokenizer.from_text("ab: ")
-    assert classify.encode_pair(tok, "ab: ", "a") == (tok.encode("ab:"), tok.encode(" a"))
+    assert encode_pair(tok, "ab: ", "a") == (tok.encode("ab:"), tok.encode(" a"))
 
 
 @pytest.mark.parametrize("k", [0, 2])

@@ -20,13 +20,13 @@ from conftest import SHARED_DATA, SMOLLM2_GGUF, smollm2_folder
 
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
+from lmforge.eval.pairs import encode_pair
 from lmforge.eval.tasks import TASKS, get_task
 from lmforge.eval.tasks.base import Shots
 from lmforge.eval.tasks.multiple_choice import (
     arc_examples,
     choice_loglikelihoods,
     choose,
-    encode_pair,
     hellaswag_examples,
     piqa_examples,
     preprocess,
@@ -238,7 +238,6 @@ def test_lambada_splits_the_last_word_and_scores_it(smollm2):
     """lambada_openai's doc_to_text / doc_to_target (split on single spaces); acc is the
     greedy check and nll the target's negative log-likelihood from `score.loglikelihood`."""
     from lmforge.eval.tasks.lambada import lambada_passages
-    from lmforge.eval.tasks.multiple_choice import encode_pair
     from lmforge.eval.tasks.runner import evaluate_tasks
     from lmforge.score import loglikelihood
 

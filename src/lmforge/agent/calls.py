@@ -75,8 +75,8 @@ def system_prompt(tools: list[dict], preamble: str = "") -> str:
 
 def render_calls(calls: list[ToolCall], content: str = "") -> str:
     """The assistant text that makes these calls (after any text of its own)."""
-    blocks = [f'{OPEN}\n{json.dumps({"name": c.name, "arguments": c.arguments}, ensure_ascii=False)}'
-              f"\n{CLOSE}" for c in calls]
+    blocks = [OPEN + "\n" + json.dumps({"name": c.name, "arguments": c.arguments},
+                                       ensure_ascii=False) + "\n" + CLOSE for c in calls]
     return "\n".join(([content] if content else []) + blocks)
 
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.eval.pairs import encode_choices
 from lmforge.score import loglikelihood_requests
-from lmforge.tokenizers.base import Tokenizer
 
 DATA = Path("../shared/data")
 FEWSHOT_DELIMITER = "\n\n"
@@ -115,17 +115,6 @@ def few_shot(train: Sequence[Example], k: int, seed: int = FEWSHOT_SEED) -> list
     return random.Random(seed).sample(list(train), k)
 
 
-def encode_pair(tokenizer: Tokenizer, context: str, continuation: str
-                ) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) as the harness's `_encode_pair` splits them."""
-    spaces = len(context) - len(context.rstrip())
-    if spaces:  # "Answer: " + "x" is tokenized as "Answer:" + " x"
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = tokenizer.encode(context + continuation, parse_special=False, add_bos=False)
-    ctx = tokenizer.encode(context, parse_special=False, add_bos=False)
-    return ctx, whole[len(ctx):]
-
-
 def predict(logprobs: Sequence[float]) -> int:
     """The label with the highest log-likelihood (the first on a tie, as numpy's argmax)."""
     return max(range(len(logprobs)), key=logprobs.__getitem__)
@@ -154,11 +143,7 @@ def label_loglikelihoods(lm, contexts: Sequence[str], labels: Sequence[str]
     """Σ log p of each label word after each context (`lm` a LoadedModel): the contexts
     prefilled together and each one's cache shared by its labels
     (`score.loglikelihood_requests`)."""
-    requests = []
-    for context in contexts:
-        pairs = [encode_pair(lm.tokenizer, context, w) for w in labels]
-        # the context's ids do not depend on the label (the split moves only its own spaces)
-        requests.append((pairs[0][0], [c for _, c in pairs]))
+    requests = [encode_choices(lm.tokenizer, context, labels) for context in contexts]
     return [[ll.logprob for ll in lls] for lls in
             loglikelihood_requests(lm.model, requests, batch=LABEL_ROWS)]
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.eval.pairs import encode_pair
 from lmforge.eval.tasks.base import ExampleRecord, Shots, Task, read_jsonl, register, with_shots
-from lmforge.eval.tasks.multiple_choice import encode_pair
 from lmforge.score import loglikelihood_requests
 
 

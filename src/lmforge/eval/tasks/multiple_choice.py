@@ -51,9 +51,9 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import LmforgeError
+from lmforge.eval.pairs import encode_choices
 from lmforge.eval.tasks.base import ExampleRecord, Shots, Task, read_jsonl, register, with_shots
 from lmforge.score import loglikelihood_requests
-from lmforge.tokenizers.base import Tokenizer
 
 METRICS = ("acc", "acc_norm")
 CHOICE_ROWS = 16  # examples per pass at most (each one row: its context, then its choices)
@@ -126,20 +126,6 @@ def arc_examples(path: Path) -> list[Example]:
     return out
 
 
-def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) as the harness's `_encode_pair`: a trailing space
-    of the context moves to the continuation; the continuation's ids are the ids of
-    context + continuation after the context's own ids (as the harness, even where a token
-    would straddle the boundary, so that whole[:len(ctx)] != ctx: none on these four sets
-    with SmolLM2's tokenizer)."""
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-    whole = tok.encode_spans([(context + continuation, False)])
-    ctx = tok.encode_spans([(context, False)])
-    return ctx, whole[len(ctx):]
-
-
 def demonstration(ex: Example) -> str:
     """A solved example as a few-shot demonstration: the harness's doc_to_text +
     target_delimiter + the gold choice."""
@@ -158,9 +144,8 @@ def choice_loglikelihoods(lm: Any, examples: list[Example], shots: Shots = NO_SH
     attention, `lmforge.continuation_tree`), the examples together."""
     requests = []
     for ex in examples:
-        context = prompt(ex, shots)
-        pairs = [encode_pair(lm.tokenizer, context, " " + c) for c in ex.choices]
-        requests.append((pairs[0][0], [x for _, x in pairs]))  # one context ids per example
+        requests.append(encode_choices(lm.tokenizer, prompt(ex, shots),
+                                       [" " + c for c in ex.choices]))
     return [[r.logprob for r in results] for results in
             loglikelihood_requests(lm.model, requests, batch=CHOICE_ROWS)]
 
