@@ -25,7 +25,7 @@ from lmforge.generate.row import RowDecoder
 from lmforge.generate.shift import shifted
 from lmforge.interop import load_weights
 from lmforge.interop.gguf_write import architecture
-from lmforge.interop.hf import hf_config
+from lmforge.interop.hf import config_from_hf, hf_config
 from lmforge.model.config import ModelConfig
 from lmforge.model.rope_scaling import parse_rope_scaling, rope_frequencies, with_rope_scaling
 from lmforge.model.transformer import Transformer
@@ -138,13 +138,18 @@ def test_yarn_model_matches_transformers_past_the_trained_window(tmp_path) -> No
         "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
         "rope_theta": 10000.0})).eval()
     yarn.load_state_dict(plain.state_dict())
+    yarn.save_pretrained(tmp_path / "yarn")
     config, sd, _, _ = load_weights(tmp_path)
-    model = Transformer(with_rope_scaling(config, "yarn:4")).eval()
-    model.load_state_dict(sd, strict=True)
     ids = torch.randint(0, 96, (1, 100), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours, theirs = model(ids)[0], yarn(ids).logits[0]
-    assert (ours - theirs).abs().max() < 1e-4
+        theirs = yarn(ids).logits[0]
+    # scaled at load time, and read from the scaled model's own config.json
+    for model_config, state in ((with_rope_scaling(config, "yarn:4"), sd),
+                                load_weights(tmp_path / "yarn")[:2]):
+        model = Transformer(model_config).eval()
+        model.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            assert (model(ids)[0] - theirs).abs().max() < 1e-4
 
 
 def test_rope_scaling_round_trips_and_restores() -> None:
@@ -165,13 +170,39 @@ def test_none_with_a_factor_extrapolates_plain_rope() -> None:
     assert torch.equal(inv_freq, rope_frequencies(trained)[0]) and attention == 1.0
 
 
-@pytest.mark.parametrize("spec", ["yarn:4", "none:2"])
-def test_exports_refuse_a_scaled_rope_rather_than_drop_it(spec: str) -> None:
+@pytest.mark.parametrize("spec", ["ntk:4", "none:2"])
+def test_hf_export_refuses_a_rope_transformers_cannot_read(spec: str) -> None:
     config = with_rope_scaling(tiny_decoder(64).config, spec)
-    with pytest.raises(LmforgeError, match="rope_factor"):
+    with pytest.raises(LmforgeError, match="rope_scaling"):
         hf_config(config, None, torch.float32)
+
+
+@pytest.mark.parametrize("spec", ["yarn:4", "linear:2", "none:2"])
+def test_gguf_export_refuses_a_scaled_rope_rather_than_drop_it(spec: str) -> None:
     with pytest.raises(LmforgeError, match="rope_factor"):
-        architecture(config)
+        architecture(with_rope_scaling(tiny_decoder(64).config, spec))
+
+
+@pytest.mark.parametrize("spec", ["yarn:4", "linear:2.5"])
+def test_hf_rope_scaling_round_trips(spec: str) -> None:
+    config = with_rope_scaling(tiny_decoder(64).config, spec)
+    again = config_from_hf(hf_config(config, None, torch.float32))
+    fields = ("rope_scaling", "rope_factor", "rope_original_max_seq_len", "rope_theta",
+              "max_seq_len")
+    assert [getattr(again, f) for f in fields] == [getattr(config, f) for f in fields]
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"rope_type": "dynamic", "factor": 2.0}, "ntk:S"),
+    ({"rope_type": "llama3", "factor": 8.0}, "linear, yarn"),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+      "mscale": 0.7, "mscale_all_dim": 0.7}, "mscale"),
+    ({"rope_type": "yarn", "factor": 4.0, "beta_fast": 16}, "beta_fast"),
+])
+def test_hf_rope_scalings_we_do_not_compute_are_refused(params: dict, match: str) -> None:
+    hf = hf_config(tiny_decoder(64).config, None, torch.float32) | {"rope_scaling": params}
+    with pytest.raises(LmforgeError, match=match):
+        config_from_hf(hf)
 
 
 @pytest.mark.parametrize("spec", ["yarn", "yarn:0.5", "rope:2", "linear:x", "none:0.5", ""])

@@ -59,13 +59,44 @@ def read_json(path: Path) -> dict:
         raise LmforgeError(f"{path} is not valid JSON ({exc})") from None
 
 
-def _rope_theta(hf: dict, where: str) -> float:
+# transformers' YaRN settings that model/rope_scaling.py computes; other values are refused
+YARN_DEFAULTS = {"beta_fast": 32, "beta_slow": 1, "truncate": True, "partial_rotary_factor": 1.0}
+
+
+def _rope_fields(hf: dict, where: str) -> dict:
+    """ModelConfig's RoPE fields (theta, and the scaling of model/rope_scaling.py) from a HF
+    config: "default", "linear" and "yarn" with YaRN's default ramp (β 32/1, attention factor
+    0.1·ln s + 1). The trained window is `original_max_position_embeddings`, else
+    max_position_embeddings / factor."""
     # transformers 5 nests RoPE settings in "rope_parameters"; 4.x has rope_theta + rope_scaling
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     kind = params.get("rope_type", params.get("type", "default"))
-    if kind != "default":
-        raise LmforgeError(f"{where}: RoPE scaling of type {kind!r} is not supported yet")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    fields = {"rope_theta": float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))}
+    if kind == "default":
+        return fields
+    if kind not in ("linear", "yarn"):
+        hint = (" (a static NTK-aware scaling is `--rope-scaling ntk:S` at load time)"
+                if kind == "dynamic" else "")
+        raise LmforgeError(f"{where}: RoPE scaling of type {kind!r} is not supported; "
+                           f"supported: linear, yarn{hint}")
+    longest = int(hf.get("max_position_embeddings", 2048))
+    original = params.get("original_max_position_embeddings")
+    factor = float(params.get("factor") or longest / (original or longest))
+    odd = {k: params[k] for k in ("attention_factor", "mscale", "mscale_all_dim")
+           if params.get(k) is not None}
+    odd |= {k: params[k] for k, v in YARN_DEFAULTS.items() if params.get(k, v) != v}
+    if kind == "yarn" and odd:
+        raise LmforgeError(f"{where}: YaRN with {odd} is not supported; lmforge computes "
+                           f"YaRN with transformers' defaults {YARN_DEFAULTS}")
+    return fields | {"rope_scaling": kind, "rope_factor": factor,
+                     "rope_original_max_seq_len": int(original or round(longest / factor))}
+
+
+def _rope_parameters(config: ModelConfig) -> dict:
+    """The HF RoPE scaling of a scaled config (the inverse of `_rope_fields`)."""
+    return {"rope_type": config.rope_scaling, "factor": config.rope_factor,
+            "original_max_position_embeddings": config.rope_original_max_seq_len,
+            "rope_theta": config.rope_theta}
 
 
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
@@ -98,7 +129,7 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
             head_dim=int(hf.get("head_dim") or d_model // n_head),
             d_ff=int(hf["intermediate_size"]), family="decoder", norm="rmsnorm",
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)), mlp="swiglu", position="rope",
-            rope_theta=_rope_theta(hf, where), max_seq_len=max_seq_len,
+            **_rope_fields(hf, where), max_seq_len=max_seq_len,
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             bias=bool(hf.get("attention_bias") or hf.get("mlp_bias")),
         )
@@ -145,15 +176,19 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer | None, dtype: torch.dty
             "Hugging Face's Llama, GPT-2, BERT and T5 classes have no MoE layers, so it "
             "cannot be exported to them; keep it in the lmforge checkpoint format "
             "(`lmforge convert --to lmforge`), which stores the experts and the router")
-    # a scaled RoPE (model/rope_scaling.py) is refused, not written as a plain one
     unsupported = {k: v for k, v in (("family", "decoder"), ("norm", "rmsnorm"),
-                                     ("mlp", "swiglu"), ("position", "rope"),
-                                     ("rope_scaling", "none"), ("rope_factor", 1.0))
+                                     ("mlp", "swiglu"), ("position", "rope"))
                    if getattr(config, k) != v}
+    # transformers has no static NTK-aware RoPE, and plain RoPE run past its window (factor > 1
+    # without scaling) would be read back as a trained window: refused, not written as plain
+    if config.rope_scaling == "ntk" or (config.rope_scaling == "none"
+                                         and config.rope_factor != 1):
+        unsupported["rope_scaling"] = config.rope_scaling
     if unsupported:
         have = ", ".join(f"{k}={getattr(config, k)!r}" for k in unsupported)
         raise LmforgeError(f"Hugging Face export writes Llama models only (decoder, rmsnorm, "
-                           f"swiglu, rope without scaling); this model has {have}")
+                           f"swiglu, rope plain or with linear/yarn scaling); this model has "
+                           f"{have}")
     special = tokenizer.special if tokenizer is not None else None
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
@@ -168,6 +203,8 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer | None, dtype: torch.dty
         "eos_token_id": special.eos if special else None,
         "pad_token_id": special.pad if special else None,
         "torch_dtype": dtype_name(dtype),
+        # the 4.x key, which transformers 5 reads too (its rope_parameters is 5.x only)
+        **({"rope_scaling": _rope_parameters(config)} if config.rope_scaling != "none" else {}),
     }
 
 
