@@ -286,6 +286,31 @@ def test_serve_adds_each_adapter_as_a_model(base, tmp_path, monkeypatch) -> None
     assert reply.json()["choices"][0]["text"] == expected
 
 
+def test_adapters_share_the_base_weights(base, tmp_path) -> None:
+    """Two adapters on one base: each model reads the base's own tensors (one copy in
+    memory) and answers as the same adapter loaded alone; the base is left unchanged."""
+    for i, name in enumerate(("a", "b")):
+        model = tiny()
+        attach_lora(model, LoraConfig(r=4, alpha=32, targets=ALL))
+        randomize(model, seed=i)
+        save_adapter(tmp_path / name, model, "lora", base["base"])
+    models = lmforge.api.load_with_adapters(base["ckpt"], [tmp_path / "a", tmp_path / "b"])
+    plain = lmforge.load(base["ckpt"])
+    ids = torch.tensor([TOKENIZER.encode("abcab")])
+
+    def pointers(m):
+        return {n: t.data_ptr() for n, t in m.model.state_dict().items() if "lora" not in n}
+
+    base_ptrs = pointers(models[0])
+    with torch.no_grad():
+        for lm, name in zip(models[1:], ("a", "b"), strict=True):
+            assert set(base_ptrs.values()) <= set(pointers(lm).values())
+            alone = lmforge.load(base["ckpt"], adapter=tmp_path / name)
+            assert torch.equal(lm.model(ids), alone.model(ids))
+            assert not torch.equal(lm.model(ids), plain.model(ids))
+        assert torch.equal(models[0].model(ids), plain.model(ids))
+
+
 @pytest.mark.slow
 def test_smollm2_adapter_in_peft_gives_our_logits(tmp_path) -> None:
     """SmolLM2 (GQA 9/3 heads, tied embeddings): our q/v LoRA in peft on transformers' own

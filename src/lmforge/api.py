@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -104,6 +105,19 @@ def load(spec: str, dtype: str = "fp32", compile: bool = False,
     an adapter directory trained on this model, put on top (`lmforge.adapt.adapter`);
     `rope_scaling`: "METHOD:FACTOR" (linear, ntk, yarn; `lmforge.model.rope_scaling`) to
     run past the trained context window, or "none"."""
+    adapters = [adapter] if adapter is not None else []
+    return load_with_adapters(spec, adapters, dtype, compile, rope_scaling)[-1]
+
+
+def load_with_adapters(spec: str, adapters: Sequence[str | Path], dtype: str = "fp32",
+                       compile: bool = False, rope_scaling: str | None = None
+                       ) -> list[LoadedModel]:
+    """[the base model, then the base with each adapter on top] (arguments as `load`).
+
+    The base's weights are held once however many adapters there are: each adapted model is
+    a copy of the base's modules that reads the base's own parameters and buffers (a
+    deepcopy whose memo maps every base tensor to itself), and the adapter adds its modules
+    to that copy only. Adapters never write into base tensors (LoRA stays unmerged)."""
     source = resolve_model(spec)
     if dtype == "q":  # a GGUF's Q8_0/Q4_0/Q4_1 weights as they are, fp32 activations
         from lmforge.compress.gguf_native import load_native
@@ -117,12 +131,20 @@ def load(spec: str, dtype: str = "fp32", compile: bool = False,
         config = with_rope_scaling(config, rope_scaling)
     if tokenizer is None:
         raise LmforgeError(f"{source.path} has no tokenizer; add tokenizer files to generate")
-    model = build_model(config, state_dict, parse_dtype(dtype), transforms)
-    if adapter is not None:
+    base = build_model(config, state_dict, parse_dtype(dtype), transforms)
+    models = [base]
+    if adapters:
         from lmforge.adapt.adapter import AdapterBase, load_adapter
 
-        load_adapter(adapter, model, AdapterBase(spec, content_hash(state_dict)))
-    pack_for_inference(model)  # oneDNN's blocked weights for multi-row products (fp32, CPU)
-    if compile:
-        compile_decode(model)
-    return LoadedModel(model, tokenizer, source.name, str(source.path), meta)
+        identity = AdapterBase(spec, content_hash(state_dict))
+        del state_dict  # the base model holds the weights now
+        shared = {id(t): t for t in (*base.parameters(), *base.buffers())}
+        for adapter in adapters:
+            model = copy.deepcopy(base, memo=dict(shared))
+            load_adapter(adapter, model, identity)
+            models.append(model)
+    for model in models:
+        pack_for_inference(model)  # oneDNN's blocked weights for multi-row products (fp32, CPU)
+        if compile:
+            compile_decode(model)
+    return [LoadedModel(m, tokenizer, source.name, str(source.path), meta) for m in models]

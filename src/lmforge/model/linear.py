@@ -126,7 +126,11 @@ def pack(weight: torch.Tensor) -> bool:
     if not (PACKED and weight.dtype == torch.float32 and weight.device.type == "cpu"
             and weight.dim() == 2 and weight.is_contiguous() and not weight.is_inference()):
         return False
-    setattr(weight, PACK_ATTR, Pack(weight))
+    existing = getattr(weight, PACK_ATTR, None)
+    if existing is not None:  # a weight shared by several models (adapters) is packed once
+        existing.current(weight)
+    else:
+        setattr(weight, PACK_ATTR, Pack(weight))
     return True
 
 

@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import torch
     import uvicorn
 
-    from lmforge.api import load
+    from lmforge.api import load, load_with_adapters
     from lmforge.errors import LmforgeError
     from lmforge.serve.app import build_app, make_state, model_id
 
@@ -68,12 +68,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise LmforgeError("--ctx must be at least 2")
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = [load(spec, dtype=args.dtype) for spec in args.model]
-    for adapter in args.adapter:
-        tuned = load(args.model[0], dtype=args.dtype, adapter=adapter)
-        base_id = args.served_model_name or model_id(models[0])
-        tuned.name = f"{base_id}:{os.path.basename(os.path.normpath(adapter))}"
-        models.append(tuned)
+    # the adapters read the first model's weights (one copy however many adapters)
+    first, *tuned = load_with_adapters(args.model[0], args.adapter, dtype=args.dtype)
+    models = [first] + [load(spec, dtype=args.dtype) for spec in args.model[1:]]
+    base_id = args.served_model_name or model_id(first)
+    for lm, adapter in zip(tuned, args.adapter, strict=True):
+        lm.name = f"{base_id}:{os.path.basename(os.path.normpath(adapter))}"
+    models += tuned
     if args.compile:
         from lmforge.generate.compiled import compile_decode
 
