@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import operator
+import re
+from fractions import Fraction
 from typing import Annotated, Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from lmforge.agent.calculator import CalculatorError, calculate, evaluate
 from lmforge.agent.tools import ToolArgumentError, builtin_specs, builtin_tools, tool
 from lmforge.errors import LmforgeError
 
@@ -77,3 +83,70 @@ def test_builtin_specs_are_the_contract():
                                                                         "calculator"]
     with pytest.raises(LmforgeError, match="unknown tool set 'web'"):
         builtin_tools(["web"])
+
+
+# the calculator: exact against fractions.Fraction on random expression trees
+
+def _leaf():
+    whole = st.integers(0, 99_999).map(lambda n: (str(n), Fraction(n)))
+    decimal = st.tuples(st.integers(0, 999), st.integers(0, 999)).map(
+        lambda p: (f"{p[0]}.{p[1]:03d}", Fraction(p[0]) + Fraction(p[1], 1000)))
+    return whole | decimal
+
+
+def _node(children):
+    ops = st.sampled_from(["+", "-", "*", "/"])
+    binary = st.tuples(children, ops, children).map(lambda t: (
+        f"({t[0][0]} {t[1]} {t[2][0]})", _apply(t[1], t[0][1], t[2][1])))
+    power = st.tuples(children, st.integers(0, 3)).map(lambda t: (
+        f"({t[0][0]}) ** {t[1]}", None if t[0][1] is None else t[0][1] ** t[1]))
+    negate = children.map(lambda c: (f"-({c[0]})", None if c[1] is None else -c[1]))
+    return binary | power | negate
+
+
+def _apply(op: str, a: Fraction | None, b: Fraction | None) -> Fraction | None:
+    if a is None or b is None or (op == "/" and b == 0):
+        return None  # None: a division by zero happened below
+    ops = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+    return ops[op](a, b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(_leaf(), _node, max_leaves=12))
+def test_calculator_agrees_with_fractions(case):
+    text, expected = case
+    if expected is None:
+        with pytest.raises(CalculatorError, match="division by zero"):
+            evaluate(text)
+        return
+    try:
+        value, exact = evaluate(text)
+    except CalculatorError as e:  # a legitimate size guard, never a wrong value
+        assert "too large" in str(e)
+        return
+    assert exact and value == expected
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("12,345 × 6,789", "83810205"), ("1 / 3", "0.3333333333 (rounded)"),
+    ("(2.5 + 0.1) * 4", "10.4"), ("0.1 + 0.2", "0.3"), ("84 ÷ 4 − 1", "20"),
+    ("2^10", "1024"), ("12 x 3 =", "36"), ("2 ** 0.5", "1.414213562 (rounded)"),
+    ("2 ** 200", "1.606938044e60 (rounded)"), ("7 % 3", "1"), ("-7 // 2", "-4"),
+    ("1 / 3e20", "3.333333333e-21 (rounded)"), ("3.0", "3"), ("2 ** -3", "0.125"),
+])
+def test_calculator_output(text, shown):
+    assert calculate(text) == shown
+
+
+@pytest.mark.parametrize("text, message", [
+    ("9 ** 9 ** 9", "exponent 387420489 is too large"), ("1 / (2 - 2)", "division by zero"),
+    ("5 % 0", "division by zero"), ("0 ** -1", "division by zero"),
+    ("__import__('os').system('ls')", "is not arithmetic"), ("x + 1", "'x' is not arithmetic"),
+    ("'a' * 3", "is not a number"), ("", "empty"), ("1 +", "not an arithmetic expression"),
+    ("(-8) ** (1/3)", "not a real number"), ("2 ** 9999 * 2 ** 9999", "too large"),
+    ("(" * 300 + "1" + ")" * 300, "not an arithmetic expression"),
+    ("1" * 1001, "at most 1000"),
+])
+def test_calculator_refuses_with_a_reason(text, message):
+    with pytest.raises(CalculatorError, match=re.escape(message)):
+        calculate(text)
