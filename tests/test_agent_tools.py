@@ -10,8 +10,10 @@ from typing import Annotated, Literal
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_rag_documents import pdf_bytes
 
 from lmforge.agent.calculator import CalculatorError, calculate, evaluate
+from lmforge.agent.perception import read_path
 from lmforge.agent.tools import ToolArgumentError, builtin_specs, builtin_tools, tool
 from lmforge.errors import LmforgeError
 
@@ -150,3 +152,46 @@ def test_calculator_output(text, shown):
 def test_calculator_refuses_with_a_reason(text, message):
     with pytest.raises(CalculatorError, match=re.escape(message)):
         calculate(text)
+
+
+# read_file: confined to the allowed directories
+
+@pytest.fixture
+def allowed(tmp_path):
+    root = tmp_path / "allowed"
+    (root / "sub").mkdir(parents=True)
+    (root / "notes.md").write_text("# Notes\nThe tower is 324 metres tall.\n")
+    (root / "sales.csv").write_text("region,units,price\nnorth,120,2.5\nsouth,80,3\n")
+    (root / "long.txt").write_text("x" * 5000)
+    (root / "doc.pdf").write_bytes(pdf_bytes("Portable text layer"))
+    (tmp_path / "secret.txt").write_text("do not read")
+    (root / "link.txt").symlink_to(tmp_path / "secret.txt")
+    return root
+
+
+def test_read_file_kinds(allowed):
+    assert read_path("notes.md", [allowed]) == "# Notes\nThe tower is 324 metres tall.\n"
+    assert read_path("sales.csv", [allowed]) == (
+        "sales.csv: CSV, 2 rows, columns: region (text), units (integer), price (number)\n"
+        "region,units,price\nnorth,120,2.5\nsouth,80,3")
+    assert "Portable text layer" in read_path("doc.pdf", [allowed])
+    assert read_path("long.txt", [allowed]).endswith("(cut at 4,000 of 5,000 characters)")
+    listing = read_path(".", [allowed]).splitlines()
+    assert listing[:3] == [".: directory, 6 entries", "sub/", "doc.pdf (" + listing[2][9:]]
+    assert read_path(str(allowed / "notes.md"), [allowed]).startswith("# Notes")
+
+
+@pytest.mark.parametrize("path, message", [
+    ("../secret.txt", "is outside the allowed directories"),
+    ("link.txt", "is outside the allowed directories"),
+    ("/etc/passwd", "is outside the allowed directories"),
+    ("missing.txt", "missing.txt: no such file or directory"),
+])
+def test_read_file_refuses_outside(allowed, path, message):
+    with pytest.raises(LmforgeError, match=re.escape(message)):
+        read_path(path, [allowed])
+
+
+def test_read_file_needs_an_allowed_directory():
+    with pytest.raises(LmforgeError, match="--allow DIR"):
+        read_path("x.txt", [])
