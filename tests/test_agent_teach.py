@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 
 import pytest
@@ -11,6 +12,7 @@ from lmforge.agent import teach
 from lmforge.agent.calls import SYSTEM_HEAD, parse_calls
 from lmforge.agent.tools import builtin_tools
 from lmforge.errors import LmforgeError
+from lmforge.rag.store import Hit
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +59,39 @@ def test_calculator_observations_are_exact(convs):
         for m, obs in zip(msgs, msgs[1:], strict=False):
             calls = parse_calls(m["content"]).calls if m["role"] == "assistant" else []
             if calls and calls[0].name == "calculator":
-                value = teach._exact(calls[0].arguments["expression"])
-                assert Fraction(obs["content"]) == value if value.denominator == 1 \
-                    else abs(float(obs["content"]) - value) < 1e-9 * max(1, abs(value))
+                value = _fraction_eval(calls[0].arguments["expression"])
+                shown = obs["content"].removesuffix(" (rounded)")
+                assert Fraction(shown) == value if shown == obs["content"] \
+                    else abs(float(shown) - value) < 1e-9 * max(1, abs(value))
                 checked += 1
     assert checked > 100
+
+
+def _fraction_eval(expression: str) -> Fraction:
+    """The exact value of a generated expression (digits, + - * /, parentheses), by Python
+    on Fractions: an oracle independent of the calculator's parser."""
+    assert re.fullmatch(r"[\d.+\-*/() ]+", expression)
+    return eval(re.sub(r"\d+(?:\.\d+)?", lambda m: f"Fraction('{m.group()}')", expression))
+
+
+def test_search_and_csv_observations_are_the_real_tools_output(tmp_path):
+    rng = teach.random.Random(5)
+    header, rows = ("region", "units"), [("north", 12), ("east", 3405), ("west", 77)]
+    (tmp_path / "sales.csv").write_text("region,units\nnorth,12\neast,3405\nwest,77\n")
+    (read_file,) = builtin_tools(["files"], allow=[tmp_path])
+    shown = str(tmp_path / "sales.csv")
+    assert read_file(path=shown) == teach.csv_observation(shown, header, rows)
+
+    passages = [("aldmoor.md", "The town of Aldmoor was founded in 1204."),
+                ("notes_1.md", "The Brinvale library holds 5120 books.")]
+
+    class Retriever:  # the real search tool over fixed hits
+        def search(self, query, k, mode):
+            return [Hit(f"{s}#0", 1.0, t, s) for s, t in passages][:k]
+
+    (search,) = builtin_tools(["search"], retriever=Retriever())
+    assert search(query="Aldmoor") == teach.search_observation(passages)
+    assert teach.document_question(rng).rounds[0][1][0].startswith("[1] ")
 
 
 def test_arithmetic_answers_are_python_integer_arithmetic():

@@ -9,9 +9,10 @@ Design choices:
   is `system_prompt(specs)` of a random subset of the built-in tools that always holds the
   needed one (so the model reads the tool list instead of memorising one), an assistant call
   turn is `render_calls`, each result a `{"role": "tool"}` message whose content is what the
-  real tool returns (`observe` runs the built-in calculator; files and passages are rendered
-  in the perception and search tools' formats), and the answer restates the result and ends
-  with the number ("4821 × 937 = 4517277."), so a last-number extractor reads it.
+  real tool returns (`observe` runs the built-in calculator and python sandbox; CSV files and
+  search hits go through perception's `summarize_csv` and memory's `format_passages`, the
+  functions the read_file and search tools return), and the answer restates the result and
+  ends with the number ("4821 × 937 = 4517277."), so a last-number extractor reads it.
 - Families (weights in `MIX`): arithmetic (2–5-digit operands, + − × ÷, ÷ exact: a = b·c,
   varied phrasings), unit conversions (the factor in the expression), small word problems
   (one combined expression or two calls), document questions through `search`, CSV questions
@@ -32,7 +33,6 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 from lmforge.agent.calls import ToolCall, render_calls, system_prompt
@@ -66,7 +66,8 @@ class Arith:
 
     @property
     def answer(self) -> int:
-        return int(_exact(self.expression))  # exact: "/" only ever divides a multiple
+        a, b = self.a, self.b  # "/" only ever divides a multiple: a // b is exact
+        return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[self.op]
 
 
 def in_bench(a: int, op: str, b: int) -> bool:
@@ -111,55 +112,12 @@ def arithmetic_questions(n: int, seed: int = BENCH_SEED, split: str = "bench") -
 
 # ---------------------------------------------------------------- observations
 
-def format_number(value: Fraction) -> str:
-    """An exact value as the calculator prints it: an integer, else a decimal (12 places,
-    trailing zeros dropped)."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    text = f"{float(value):.12g}" if abs(value) >= 10 ** 12 else f"{float(value):.12f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
+def observe(name: str, arguments: dict) -> str:
+    """What the built-in tool `name` returns for these arguments (calculator, python)."""
+    from lmforge.agent.tools import builtin_tools
 
-
-def calculate(expression: str) -> str:
-    """The calculator's observation for `expression` (the built-in tool when installed)."""
-    try:
-        from lmforge.agent.calculator import calculate as real
-    except ImportError:
-        return format_number(_exact(expression))
-    return real(expression)
-
-
-def _exact(expression: str) -> Fraction:
-    """Exact value of the expressions this module writes (numbers, + - * /, parentheses)."""
-    tokens = expression.replace("(", " ( ").replace(")", " ) ").split()
-    pos = 0
-
-    def atom() -> Fraction:
-        nonlocal pos
-        tok = tokens[pos]
-        pos += 1
-        if tok == "(":
-            value = expr()
-            pos += 1
-            return value
-        return -atom() if tok == "-" else Fraction(tok)
-
-    def term() -> Fraction:
-        nonlocal pos
-        value = atom()
-        while pos < len(tokens) and tokens[pos] in "*/":
-            op, pos = tokens[pos], pos + 1
-            value = value * atom() if op == "*" else value / atom()
-        return value
-
-    def expr() -> Fraction:
-        nonlocal pos
-        value = term()
-        while pos < len(tokens) and tokens[pos] in "+-":
-            op, pos = tokens[pos], pos + 1
-            value = value + term() if op == "+" else value - term()
-        return value
-    return expr()
+    (t,) = builtin_tools([name])
+    return t(**t.validate(arguments))
 
 
 # ---------------------------------------------------------------- conversation families
@@ -176,7 +134,8 @@ class Turns:
 
 
 def _calc(expression: str) -> tuple[list[ToolCall], list[str]]:
-    return [ToolCall("calculator", {"expression": expression})], [calculate(expression)]
+    args = {"expression": expression}
+    return [ToolCall("calculator", args)], [observe("calculator", args)]
 
 
 def arithmetic(rng: random.Random) -> Turns:
@@ -202,8 +161,10 @@ def units(rng: random.Random) -> Turns:
     f, t, template = rng.choice(UNITS)
     v = rng.choice([rng.randint(2, 999), round(rng.uniform(1, 500), 1)])
     call = _calc(template.format(v=v))
+    value = call[1][0].removesuffix(" (rounded)")  # the calculator marks inexact decimals
     return Turns(rng.choice(UNIT_ASK).format(v=v, f=f, t=t), [call],
-                 f"{v} {f} is {call[1][0]} {t}.", ("calculator",))
+                 f"{v} {f} is about {value} {t}." if value != call[1][0]
+                 else f"{v} {f} is {value} {t}.", ("calculator",))
 
 
 NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jia", "Kofi",
@@ -261,8 +222,11 @@ FACTS = [  # (document sentence, question, answer sentence) with {p} the place, 
 
 
 def search_observation(passages: list[tuple[str, str]]) -> str:
-    """The search tool's observation: numbered passages with their source."""
-    return "\n".join(f"[{i}] {src}: {text}" for i, (src, text) in enumerate(passages, 1))
+    """The search tool's observation of these (source, text) hits, in its own layout."""
+    from lmforge.agent.memory import format_passages
+    from lmforge.rag.store import Hit
+
+    return format_passages([Hit(f"{src}#0", 1.0, text, src) for src, text in passages])
 
 
 def document_question(rng: random.Random) -> Turns:
@@ -286,10 +250,11 @@ KEYS = {"region": ("north", "south", "east", "west", "centre"),
 
 
 def csv_observation(path: str, header: tuple[str, str], rows: list[tuple[str, int]]) -> str:
-    """The read_file observation of a small CSV: columns with types, row count, the rows."""
-    lines = [f"{path}: CSV, {len(rows)} rows, columns: {header[0]} (text), {header[1]} (integer)",
-             ",".join(header)] + [f"{k},{v}" for k, v in rows]
-    return "\n".join(lines)
+    """The read_file observation of this CSV file (perception's summary of its text)."""
+    from lmforge.agent.perception import summarize_csv
+
+    text = "\n".join([",".join(header)] + [f"{k},{v}" for k, v in rows]) + "\n"
+    return summarize_csv(path, text)
 
 
 def csv_question(rng: random.Random) -> Turns:
@@ -306,7 +271,7 @@ def csv_question(rng: random.Random) -> Turns:
     return Turns(user, [read], f"The {header[1]} for {key} is {value}.", ("read_file",))
 
 
-PY_TASKS = [  # (question, code, value of n → printed text)
+PY_TASKS = [  # (question, code, value of n → the printed answer)
     ("What is the sum of the integers from 1 to {n}?", "print(sum(range(1, {n} + 1)))",
      lambda n: n * (n + 1) // 2),
     ("What is the sum of the squares of 1 to {n}?", "print(sum(i * i for i in range(1, {n} + 1)))",
@@ -322,7 +287,8 @@ PY_TASKS = [  # (question, code, value of n → printed text)
 def python_question(rng: random.Random) -> Turns:
     question, code, value = rng.choice(PY_TASKS)
     n = rng.randint(20, 2000)
-    call = [ToolCall("python", {"code": code.format(n=n)})], [f"{value(n)}\n"]
+    args = {"code": code.format(n=n)}
+    call = [ToolCall("python", args)], [observe("python", args)]
     return Turns(question.format(n=n), [call], f"The answer is {value(n)}.", ("python",))
 
 
