@@ -9,18 +9,19 @@ the hash split, so none is a training problem; `--gsm8k` GSM8K test problems in 
 (`../shared/data/gsm8k/test.jsonl`).
 
 Configurations (`--configs`):
-- `alone`: the model in a plain chat (SmolLM2's default system prompt), no tools.
+- `alone`: the model in a plain chat (SmolLM2's default system prompt), no tools, up to
+  ALONE_TOKENS new tokens.
 - `agent-base`, `agent-tuned` (needs `--adapter`): the agent loop with the tools of `--tools`
   listed by `calls.system_prompt`, on the base model or the tool-tuned adapter;
   `…-constrained` adds `agent/constrain.py`'s `tool_call_processor` (calls decoded within
   the tools' JSON schemas).
-Every configuration decodes greedily, at most `--max-tokens` per turn. The agent runs all
-questions of a batch in rounds: each round generates one turn for every unfinished
-conversation in one batch, runs the calls of each turn and appends the observations (a
-malformed or invalid call becomes an error observation), until a turn has no call or
-`--steps` turns are used. The answer is the last number of the final turn (the last turn
+Every configuration decodes greedily, at most `--max-tokens` per turn. The agent is
+`agent/loop.py`'s `run_agents` with an `LLMBrain`: the `--batch` questions advance together,
+one generation batch per round; each turn's calls are run and their observations appended (a
+malformed or invalid call becomes an error observation) until a turn has no call or `--steps`
+turns with calls are used. The answer is the last number of the final turn (the last turn
 when the step limit is hit); arithmetic is right when it equals the exact result, GSM8K by
-the harness's normalisation against the gold number.
+the harness's normalisation against the gold number (its flexible extraction).
 
 Figures: accuracy per set; the tool-call validity rate (call blocks that parse and whose
 tool exists in the list and accepts the arguments, over all call blocks generated); mean
@@ -45,12 +46,12 @@ from common import finish, machine  # noqa: E402
 
 import lmforge  # noqa: E402
 from lmforge.agent import teach  # noqa: E402
-from lmforge.agent.calls import parse_calls, render_calls, system_prompt  # noqa: E402
+from lmforge.agent.calls import parse_calls  # noqa: E402
+from lmforge.agent.loop import AgentResult, LLMBrain, run_agents  # noqa: E402
 from lmforge.agent.tools import builtin_tools  # noqa: E402
 from lmforge.errors import LmforgeError  # noqa: E402
 from lmforge.eval.generated import extract_flexible, gsm8k_exact_match, load_gsm8k  # noqa: E402
 from lmforge.generate.config import GenerationConfig  # noqa: E402
-from lmforge.tokenizers.chat import encode_chat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT / ".." / "shared" / "data" / "gsm8k"
@@ -70,15 +71,29 @@ class Question:
 
 @dataclass
 class Episode:
-    """One question's conversation and its counts."""
+    """One question's run, as the figures need it."""
 
-    messages: list[dict]
-    turns: int = 0
+    answer: str
+    turns: int
     calls: int = 0
     valid: int = 0
-    answer: str = ""
-    done: bool = False
-    log: list[str] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)
+
+
+class RoundBrain(LLMBrain):
+    """`LLMBrain` with, when constrained, a fresh `tool_call_processor` for every round's
+    batch (a processor keeps the state of the rows it has seen)."""
+
+    def __init__(self, lm, config: GenerationConfig, specs: list[dict] | None) -> None:
+        super().__init__(lm, config)
+        self.specs = specs
+
+    def complete(self, conversations: list[list[dict]]) -> list[str]:
+        if self.specs is not None:
+            from lmforge.agent.constrain import tool_call_processor
+
+            self.processors = [tool_call_processor(self.lm.tokenizer, self.specs)]
+        return super().complete(conversations)
 
 
 def last_number(text: str) -> str | None:
@@ -103,86 +118,52 @@ def _equal(text: str | None, value: int) -> bool:
         return False
 
 
-def run_calls(text: str, tools: dict, ep: Episode) -> list[str]:
-    """Observations of the calls in a turn; counts the valid ones."""
-    parsed = parse_calls(text)
-    ep.calls += len(parsed.calls) + len(parsed.errors)
-    out = [f"error: {e}" for e in parsed.errors]
-    for call in parsed.calls:
-        if call.name not in tools:
-            out.append(f"error: there is no tool {call.name!r}; the tools are "
-                       f"{', '.join(tools)}")
-            continue
-        try:
-            args = tools[call.name].validate(call.arguments)
-        except LmforgeError as e:
-            out.append(f"error: {e}")
-            continue
-        ep.valid += 1
-        try:
-            out.append(tools[call.name](**args))
-        except Exception as e:  # a failing tool is an observation, never the run's end
-            out.append(f"error: {e}")
-    return out
+def episode(result: AgentResult, tools: dict) -> Episode:
+    """Turns, call blocks and valid calls (a listed tool whose schema accepts the arguments)
+    of one agent run; the answer is its last assistant turn."""
+    turns = [m["content"] for m in result.messages if m["role"] == "assistant"]
+    ep = Episode(result.answer if result.answer is not None else (turns or [""])[-1],
+                 len(turns), messages=result.messages)
+    for text in turns:
+        parsed = parse_calls(text)
+        ep.calls += len(parsed.calls) + len(parsed.errors)
+        ep.valid += sum(c.name in tools and _accepts(tools[c.name], c.arguments)
+                        for c in parsed.calls)
+    return ep
 
 
-def agent_batch(lm, qs: list[Question], tools: dict, args, processors) -> list[Episode]:
-    """Rounds of one turn per unfinished episode, all in one generation batch."""
-    system = system_prompt([t.spec() for t in tools.values()])
-    eps = [Episode([{"role": "system", "content": system}, {"role": "user", "content": q.text}])
-           for q in qs]
-    config = GenerationConfig(max_tokens=args.max_tokens, temperature=0.0,
-                              stop=["</tool_call>"])
-    for _ in range(args.steps):
-        live = [e for e in eps if not e.done]
-        if not live:
-            break
-        prompts = [encode_chat(lm.tokenizer, e.messages) for e in live]
-        texts = [""] * len(live)
-        for d in lm.engine.stream(prompts, config, processors=processors):
-            texts[d.index] += d.text
-        for e, text in zip(live, texts, strict=True):
-            e.turns += 1
-            parsed = parse_calls(text)
-            if not parsed.calls and not parsed.errors:
-                e.answer, e.done = text, True
-                continue
-            e.answer = text
-            turn = render_calls(parsed.calls, parsed.content) if not parsed.errors else text
-            e.messages.append({"role": "assistant", "content": turn})
-            e.messages += [{"role": "tool", "content": o} for o in run_calls(text, tools, e)]
-    return eps
-
-
-def alone_batch(lm, qs: list[Question], args) -> list[Episode]:
-    config = GenerationConfig(max_tokens=ALONE_TOKENS, temperature=0.0)
-    eps = [Episode([{"role": "user", "content": q.text}]) for q in qs]
-    prompts = [encode_chat(lm.tokenizer, e.messages) for e in eps]
-    for e, c in zip(eps, lm.engine.generate(prompts, config), strict=True):
-        e.answer, e.turns, e.done = c.text, 1, True
-    return eps
-
-
-def processors_for(name: str, tools: dict, tokenizer) -> list:
-    if not name.endswith("constrained"):
-        return []
+def _accepts(tool, arguments: dict) -> bool:
     try:
-        from lmforge.agent.constrain import tool_call_processor
-    except ImportError:
-        raise LmforgeError("--configs …-constrained needs lmforge.agent.constrain "
-                           "(tool_call_processor), which is not installed") from None
-    return [tool_call_processor([t.spec() for t in tools.values()], tokenizer)]
+        tool.validate(arguments)
+    except LmforgeError:
+        return False
+    return True
+
+
+def agent_batch(brain: RoundBrain, qs: list[Question], tools: dict, args) -> list[Episode]:
+    """One batch of questions through `run_agents`: one generation batch per round."""
+    results = run_agents(brain, [q.text for q in qs], list(tools.values()), args.steps)
+    return [episode(r, tools) for r in results]
+
+
+def alone_batch(lm, qs: list[Question]) -> list[Episode]:
+    config = GenerationConfig(max_tokens=ALONE_TOKENS, temperature=0.0)
+    prompts = [lm.tokenizer.apply_chat_template([{"role": "user", "content": q.text}])
+               for q in qs]
+    return [Episode(c.text, 1) for c in lm.engine.generate(prompts, config)]
 
 
 def run_config(name: str, models: dict, qs: list[Question], tools: dict, args) -> dict:
     lm = models["tuned" if "tuned" in name else "base"]
-    processors = processors_for(name, tools, lm.tokenizer)
+    specs = [t.spec() for t in tools.values()] if name.endswith("constrained") else None
+    brain = RoundBrain(lm, GenerationConfig(max_tokens=args.max_tokens, temperature=0.0),
+                       specs)
     eps: list[Episode] = []
     t0 = time.perf_counter()
     for start in range(0, len(qs), args.batch):
         chunk = qs[start:start + args.batch]
-        eps += alone_batch(lm, chunk, args) if name == "alone" else \
-            agent_batch(lm, chunk, tools, args, processors)
+        eps += alone_batch(lm, chunk) if name == "alone" else \
+            agent_batch(brain, chunk, tools, args)
         print(f"  {name}: {len(eps)}/{len(qs)}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - t0
     row = {"config": name, "seconds_per_question": round(seconds / max(len(qs), 1), 2),
@@ -195,7 +176,7 @@ def run_config(name: str, models: dict, qs: list[Question], tools: dict, args) -
     calls = sum(e.calls for e in eps)
     row["calls"] = calls
     row["call_validity"] = round(sum(e.valid for e in eps) / calls, 4) if calls else None
-    row["examples"] = [{"question": q.text, "messages": e.messages[1:], "final": e.answer}
+    row["examples"] = [{"question": q.text, "messages": e.messages, "final": e.answer}
                        for q, e in list(zip(qs, eps, strict=True))[:2]]
     return row
 
