@@ -25,8 +25,9 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import gradio as gr
 import httpx
@@ -35,6 +36,9 @@ from lmforge.api import LoadedModel
 from lmforge.errors import LmforgeError
 from lmforge.generate.chat import ChatSession
 from lmforge.generate.config import GenerationConfig
+
+if TYPE_CHECKING:
+    from lmforge.serve.web_rag import RagTab
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_S = 120.0  # Gradio queues events; this only guards against a caller outside it
@@ -73,12 +77,12 @@ class LocalBackend:
     concurrency = 1
 
     def __init__(self, lm: LoadedModel, dtype: str) -> None:
-        self.engine = lm.engine
+        self.lm, self.engine = lm, lm.engine
         self.max_tokens = lm.config.max_seq_len
         params = sum(p.numel() for p in lm.model.parameters())
         self.title = (f"{lm.name} · {params / 1e6:.0f}M parameters · {dtype} · context "
                       f"{lm.config.max_seq_len:,} tokens · in process ({lm.source})")
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # held while the model runs (the chat or the RAG tab)
         self._current = threading.Event()  # the stop flag of the answer being generated
 
     def stop(self) -> None:
@@ -89,7 +93,7 @@ class LocalBackend:
         """The engine runs in a worker thread that holds the model's lock: a page that stops
         reading (Stop, a closed tab) sets the answer's stop flag, and the worker frees the
         model at the next token, even if Gradio never resumes or closes this generator."""
-        if not self._lock.acquire(timeout=LOCK_WAIT_S):
+        if not self.lock.acquire(timeout=LOCK_WAIT_S):
             raise LmforgeError("the model is busy with another answer; try again in a moment")
         stop = self._current = threading.Event()
         updates: queue.Queue = queue.Queue()
@@ -126,7 +130,7 @@ class LocalBackend:
         except Exception as exc:  # shown in the page by the caller, never lost
             updates.put(exc)
         finally:
-            self._lock.release()
+            self.lock.release()
             updates.put(None)
 
 
@@ -262,11 +266,12 @@ def responder(backend: Backend):
     return respond
 
 
-def build_ui(backend: Backend, defaults: Defaults) -> gr.Blocks:
-    """The page: model header, chat, message box with Send/Stop/Clear, settings, figures."""
+def build_ui(backend: Backend, defaults: Defaults, rag: RagTab | None = None) -> gr.Blocks:
+    """The page: model header, chat, message box with Send/Stop/Clear, settings, figures;
+    with `rag`, the chat in a first tab and the documents tab beside it."""
     with gr.Blocks(title="lmforge chat", analytics_enabled=False) as demo:
         gr.Markdown(f"### lmforge chat\n{backend.title}", elem_id="model-info")
-        with gr.Row():
+        with gr.Tab("Chat", elem_id="chat-tab") if rag else nullcontext(), gr.Row():
             with gr.Column(scale=3):
                 chat = gr.Chatbot(elem_id="chat", height=420, show_label=False)
                 with gr.Row():
@@ -289,6 +294,10 @@ def build_ui(backend: Backend, defaults: Defaults) -> gr.Blocks:
 
         stop.click(stopped, None, stats, cancels=events, queue=False)
         clear.click(lambda: ([], ""), None, [chat, stats], queue=False)
+        if rag:
+            from lmforge.serve.web_rag import rag_tab
+
+            rag_tab(rag, defaults.max_tokens)
     return demo
 
 
@@ -305,9 +314,10 @@ def settings_panel(d: Defaults, top_tokens: int) -> list:
     ]
 
 
-def launch(backend: Backend, defaults: Defaults, host: str, port: int) -> None:
+def launch(backend: Backend, defaults: Defaults, host: str, port: int,
+           rag: RagTab | None = None) -> None:
     """Serve the page until Ctrl-C."""
-    demo = build_ui(backend, defaults)
+    demo = build_ui(backend, defaults, rag)
     demo.queue(default_concurrency_limit=backend.concurrency)
     try:
         demo.launch(server_name=host, server_port=port, ssr_mode=False, quiet=True,

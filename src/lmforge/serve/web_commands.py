@@ -2,6 +2,7 @@
 
     lmforge web --model smollm2 [--dtype bf16] [--port 7860]
     lmforge web --api http://127.0.0.1:8000 [--api-key KEY] [--model-name ID]
+    lmforge web --model smollm2 --rag-db rag.db [--collection notes]   # + a documents tab
 
 Only argparse, the generation config and the --threads check are imported here; Gradio and
 the model load inside the command.
@@ -42,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     w.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     w.add_argument("--system", default="", help="the system prompt the page opens with")
+    w.add_argument("--rag-db", default=None, metavar="DB",
+                   help="add a tab answering questions from this `lmforge index` database "
+                        "(with --model)")
+    w.add_argument("--collection", default="documents",
+                   help="the --rag-db collection to answer from (default documents)")
     w.add_argument("--max-tokens", type=int, default=512, help="initial max tokens slider")
     w.add_argument("--temperature", type=float, default=0.2, help="initial temperature")
     w.add_argument("--top-p", type=float, default=0.9, help="initial top-p")
@@ -63,6 +69,9 @@ def cmd_web(args: argparse.Namespace) -> None:
                            "--adapter` to use it through --api)")
     if args.api and args.compile:
         raise LmforgeError("--compile goes with --model: the --api server decodes, not this page")
+    if args.api and args.rag_db:
+        raise LmforgeError("--rag-db goes with --model (over --api, use the server's "
+                           "`lmforge serve --rag-db` and POST /v1/rag/ask)")
     if not 0 < args.port < 65536:
         raise LmforgeError(f"--port {args.port} is not a port number (1-65535)")
     defaults = web.Defaults(args.system, args.temperature, args.top_p, args.top_k,
@@ -82,4 +91,9 @@ def cmd_web(args: argparse.Namespace) -> None:
         backend = web.LocalBackend(load(args.model, dtype=args.dtype, compile=args.compile,
                                         adapter=args.adapter),
                                    args.dtype)
-    web.launch(backend, defaults, args.host, args.port)
+    rag = None
+    if args.rag_db:
+        from lmforge.serve.web_rag import RagTab
+
+        rag = RagTab(backend, args.rag_db, args.collection)
+    web.launch(backend, defaults, args.host, args.port, rag)
