@@ -148,3 +148,16 @@ def test_search_command_prints_passages(indexed, capsys):
     main(["search", "--db", db, "--collection", "c", "bread", "-k", "1", "--json"])
     record = json.loads(capsys.readouterr().out)
     assert record["source"] == "bread.md" and record["metadata"]["title"] == "Bread"
+
+
+def test_hybrid_hits_carry_their_passages_and_the_query_vector_is_reused(indexed, embedder):
+    store, _, _ = indexed
+    r = Retriever(store, "c", embedder)
+    hybrid = r.search("Gustave Eiffel", k=3)
+    by_id = {h.id: h for h in r.dense("Gustave Eiffel", 50)}
+    assert [(h.text, h.source, h.position) for h in hybrid] == \
+        [(by_id[h.id].text, by_id[h.id].source, by_id[h.id].position) for h in hybrid]
+    first = embedder.embed_query("Gustave Eiffel")
+    assert embedder.embed_query("Gustave Eiffel") is first and not first.flags.writeable
+    other = embedder.embed_query("bread")
+    assert other is not first and float(first @ other) < 0.99

@@ -36,6 +36,8 @@ class Embedder:
         self.batch_size = batch_size
         self.dim = lm.config.d_model
         self.max_tokens = lm.config.max_seq_len - 2  # room for [CLS] and [SEP]
+        # the last query's vector: retrieval then the relevance gate embed the same question
+        self._last: tuple[str, np.ndarray] = ("", np.zeros(0, dtype=np.float32))
 
     def count_tokens(self, text: str) -> int:
         return len(self.lm.tokenizer.encode(text, parse_special=False))
@@ -45,7 +47,13 @@ class Embedder:
         return embed(self.lm, texts, batch_size=self.batch_size).numpy()
 
     def embed_query(self, query: str) -> np.ndarray:
-        return self.embed([self.query_prefix + query])[0]
+        """The query's vector (prefixed); the last one is kept, read-only, for a repeat."""
+        text, vector = self._last
+        if text != query or not vector.size:
+            vector = self.embed([self.query_prefix + query])[0]
+            vector.flags.writeable = False
+            self._last = (query, vector)
+        return vector
 
 
 def load_embedder(name: str = "minilm", dtype: str = "fp32", query_prefix: str = "",

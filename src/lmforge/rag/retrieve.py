@@ -79,22 +79,29 @@ class Retriever:
         vector = self.embedder.embed_query(query)
         return self.store.search(self.collection, vector, k, filter)[0]
 
-    def bm25(self, query: str, k: int, filter: str = "") -> list[Hit]:
+    def _bm25_ids(self, query: str, k: int, filter: str) -> list[tuple[str, float]]:
         allowed = None
         if filter:
             allowed = {r["id"] for r in self.store.query(self.collection, filter, ["id"])}
-        found = self.bm25_index.search(query, k, allowed)
-        rows = self.store.get(self.collection, [x for x, _ in found], ["id", *PASSAGE_FIELDS])
-        # a chunk deleted since the index was built is skipped, not shown
-        return [Hit.from_row(rows[x], s) for x, s in found if x in rows]
+        return self.bm25_index.search(query, k, allowed)
+
+    def _hits(self, scored: list[tuple[str, float]]) -> list[Hit]:
+        """The passages of (id, score) pairs in one Milvus round trip; a chunk deleted since
+        the BM25 index was built is skipped, not shown."""
+        rows = self.store.get(self.collection, [x for x, _ in scored], ["id", *PASSAGE_FIELDS])
+        return [Hit.from_row(rows[x], s) for x, s in scored if x in rows]
+
+    def bm25(self, query: str, k: int, filter: str = "") -> list[Hit]:
+        return self._hits(self._bm25_ids(query, k, filter))
 
     def hybrid(self, query: str, k: int, filter: str = "", depth: int = FUSION_DEPTH
                ) -> list[Hit]:
+        """Both lists as ids only, fused, then the texts of the k kept (not of 2·depth)."""
         depth = max(depth, k)
-        lists = [self.dense(query, depth, filter), self.bm25(query, depth, filter)]
-        by_id = {h.id: h for hits in lists for h in hits}
-        fused = rrf([[h.id for h in hits] for hits in lists])[:k]
-        return [Hit(**{**vars(by_id[x]), "score": s}) for x, s in fused]
+        vector = self.embedder.embed_query(query)
+        dense = self.store.search(self.collection, vector, depth, filter, ["id"])[0]
+        keyword = self._bm25_ids(query, depth, filter)
+        return self._hits(rrf([[h.id for h in dense], [x for x, _ in keyword]])[:k])
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", filter: str = "",
                mmr_lambda: float | None = None) -> list[Hit]:
