@@ -136,6 +136,8 @@ def index_inputs(store: VectorStore, collection: str, inputs: list[str], embedde
     for source in gone:
         store.delete(collection, f"source == {quote(source)}")
     report.removed = len(gone)
+    if report.chunks or gone:
+        store.flush(collection)
     return report
 
 

