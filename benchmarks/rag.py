@@ -36,13 +36,21 @@ import numpy as np
 import torch
 
 import lmforge
-from lmforge.eval.qa import cmrc_exact_match, cmrc_f1, exact_match, f1
+from lmforge.eval.qa import (
+    cmrc_exact_match,
+    cmrc_f1,
+    exact_match,
+    f1,
+    normalize_answer,
+    remove_punctuation,
+)
 from lmforge.hardware import cpu_name
 from lmforge.io import atomic_write_text
 from lmforge.rag.answer import (
     CITATION,
     build_prompt,
     check_support,
+    cited,
     relevant_passages,
     stream_answer,
 )
@@ -94,15 +102,26 @@ def hnsw_recall(store: VectorStore, vectors: np.ndarray) -> float:
                            for a, e in zip(approx, exact, strict=True))
 
 
+def gold_in_cited(answer: str, kept, golds: list[str], chinese: bool) -> bool:
+    """Whether a passage the answer cites contains a gold answer (after the metric's own
+    normalisation: SQuAD's lowercasing, punctuation and article removal; CMRC's punctuation
+    removal), i.e. the citation points at the evidence."""
+    norm = (lambda t: remove_punctuation(t.lower())) if chinese else normalize_answer
+    texts = [norm(kept[n - 1].hit.text) for n in cited(answer, len(kept))]
+    return any(norm(g) and norm(g) in t for g in golds for t in texts)
+
+
 def answer_quality(retriever: Retriever, questions: list[dict], chinese: bool,
                    max_tokens: int = 32, budget: int = 1536) -> dict[str, float]:
     """EM and F1 of smollm2's greedy answers with the top 3 passages (`lmforge ask`'s prompt)
-    and with the question alone, citations stripped; the supported-answer rate over the
-    citations of the answers with passages (an uncited answer counts as one unsupported)."""
+    and with the question alone, citations stripped. Two grounding rates over the answers with
+    passages: `supported_rate`, `lmforge ask --check`'s share of supported citations (an
+    uncited answer counts as one unsupported), and `gold_cited_rate`, the share of answers
+    citing a passage that contains a gold answer (uncited answers count as not)."""
     lm = lmforge.load("smollm2")
     em, f = (cmrc_exact_match, cmrc_f1) if chinese else (exact_match, f1)
     scores = {"em_with": [], "f1_with": [], "em_without": [], "f1_without": []}
-    checks = []
+    checks, gold_cited = [], 0
     for q in questions:
         passages = relevant_passages(retriever, q["question"], k=3, min_relevance=0.0)
         for key, given in (("with", passages), ("without", [])):
@@ -113,8 +132,10 @@ def answer_quality(retriever: Retriever, questions: list[dict], chinese: bool,
             scores[f"f1_{key}"].append(f(claim, q["answers"]))
             if key == "with":
                 checks += check_support(lm, q["question"], text, kept)
+                gold_cited += gold_in_cited(text, kept, q["answers"], chinese)
     out = {k: statistics.mean(v) for k, v in scores.items()}
     return {**out, "supported_rate": sum(c.supported for c in checks) / len(checks),
+            "gold_cited_rate": gold_cited / len(questions),
             "citations_checked": len(checks), "questions": len(questions),
             "max_tokens": max_tokens}
 
