@@ -60,7 +60,7 @@ def test_quantize_writes_a_directory_generate_loads(float_dir, tmp_path, capsys)
     config = json.loads((out / "config.json").read_text())
     assert config["quantization"] == {"scheme": "int4-g32", "method": "rtn",
                                       "skip": ["lm_head", "ffn.router", "ffn.noise"],
-                                      "group_size": 32, "calibration": None}
+                                      "group_size": 32, "calibration": None, "head": False}
     reference = lmforge.load(float_dir)
     quantize_model(reference.model, "int4-g32")
     loaded = lmforge.load(str(out))

@@ -80,7 +80,7 @@ def test_every_projection_but_the_skipped_head_is_replaced(tok) -> None:
                                                   "v": slice(96, 128)}
     assert record.to_dict() == {"scheme": "int4-g64", "method": "rtn",
                                 "skip": ["lm_head", "ffn.router", "ffn.noise"],
-                                "group_size": 64, "calibration": None}
+                                "group_size": 64, "calibration": None, "head": False}
     model = tiny(tok, tie=False)
     quantize_model(model, "int8", skip=["lm_head", "ffn.down"])
     assert not any(n.endswith("ffn.down") for n in quantized_layers(model))

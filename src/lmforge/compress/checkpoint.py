@@ -12,12 +12,15 @@ projection as its stored tensors.
                                                   fp8: F8_E4M3 / F8_E5M2 (out, in)
                        layers.N.attn.qkv.scale    F32 (out,), (out, in/G) or (1,)
                        layers.N.attn.qkv.zero     F32 (out, in/G), int4 only
-                       … every other tensor as in a float checkpoint (embedding, norms,
-                       projections named in `skip`)
+                       embed.codes / embed.scale  I8 (vocab, d) / F32 (vocab,): with
+                                                  "head": true (`compress/embedding.py`)
+                       … every other tensor as in a float checkpoint (norms, projections
+                       named in `skip`, the embedding without "head")
     tokenizer/         the tokenizer, as in any checkpoint
 
 Loading (`lmforge.load(dir)`, and through it every command) builds the model on the meta
-device, puts empty `QuantLinear`s where the file holds `codes` (`transforms_for`, the
+device, puts empty `QuantLinear`s where the file holds `codes` (and an empty
+`QuantEmbedding`, with its tied head, for `embed.codes`) (`transforms_for`, the
 transform `api.build_model` runs), and assigns the stored tensors to them: no float copy of
 a quantized weight is ever made. `--dtype bf16` casts scales, zeros and the float tensors;
 codes stay as stored.
@@ -31,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmforge.compress.embedding import install_empty_embedding
 from lmforge.compress.quantize import Quantization, install_empty, quantized_layers
 from lmforge.errors import LmforgeError
 from lmforge.interop.checkpoint import save_checkpoint
@@ -58,8 +62,11 @@ def transforms_for(metadata: Mapping, state_dict: Mapping[str, torch.Tensor]
         return []
     quantization = Quantization.from_dict(metadata[SECTION])
     names = {k[:-len(CODES)] for k in state_dict if k.endswith(CODES)}
+    embedding = "embed" in names
+    names.discard("embed")
     if not names:
         raise LmforgeError("config.json has a quantization section but model.safetensors holds "
                            "no quantized weights (no *.codes tensors); the checkpoint is damaged")
-    return [lambda model: install_empty(model, quantization, names)]
+    transforms = [lambda model: install_empty(model, quantization, names)]
+    return transforms + ([install_empty_embedding] if embedding else [])
 

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--skip", action="append", default=None, metavar="PATTERN",
                    help="projections to keep in floating point, by name or name ending "
                         "(repeatable; default lm_head, ffn.router, ffn.noise)")
+    q.add_argument("--head", action="store_true",
+                   help="also quantize the token embedding (int8 per row) and with it a tied "
+                        "LM head (an untied one in --scheme); off: both stay in fp32")
     q.add_argument("--out", required=True, help="the checkpoint directory to write")
     q.add_argument("--force", action="store_true",
                    help="replace --out when it is not empty (once the new one is complete)")
@@ -88,8 +91,8 @@ def disk_bytes(path: Path) -> int:
 
 def quantize(spec: str, scheme: str, out: str | Path, method: str = "rtn",
              calib: str | None = None, calib_samples: int = 128, calib_len: int = 512,
-             skip: list[str] | None = None, force: bool = False, progress: bool = True
-             ) -> Report:
+             skip: list[str] | None = None, force: bool = False, progress: bool = True,
+             head: bool = False) -> Report:
     """Quantize the model `spec` and write it to `out` (the steps of `lmforge quantize`)."""
     from lmforge.api import build_model
     from lmforge.compress.checkpoint import SECTION, save_quantized
@@ -123,7 +126,7 @@ def quantize(spec: str, scheme: str, out: str | Path, method: str = "rtn",
                                "text; add tokenizer files to the model")
         batches = calibration_batches(tokenizer, calib, calib_samples, calib_len)
         weights = gptq_weights(model, parsed, batches, progress=progress)
-    record = quantize_model(model, parsed, method, weights, skip or list(SKIP))
+    record = quantize_model(model, parsed, method, weights, skip or list(SKIP), head)
     if method == "gptq":
         record.calibration = {"file": Path(calib).name, "samples": calib_samples,
                               "seq_len": calib_len}
@@ -135,7 +138,8 @@ def quantize(spec: str, scheme: str, out: str | Path, method: str = "rtn",
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     report = quantize(args.model, args.scheme, args.out, args.method, args.calib,
-                      args.calib_samples, args.calib_len, args.skip, args.force)
+                      args.calib_samples, args.calib_len, args.skip, args.force,
+                      head=args.head)
     for line in report.lines():
         print(line)
     print(f"written: {args.out} (load it with: lmforge generate --model {args.out})")

@@ -4,11 +4,14 @@
     >>> record = quantize_model(lm.model, "int4-g32")          # round to nearest
     >>> save_quantized("smollm2-int4", lm.model, lm.tokenizer, record)
 
-What stays in floating point: the token embedding (a lookup, not a product: it reads one
-row per token, so its size costs memory, not decode time) and with it a tied LM head
-(`TiedHead` reads the embedding's matrix), the norms, and every projection named in `skip`
-(by default the untied `lm_head`, whose error lands directly on the logits, and the MoE
-router and its noise projection, which choose the experts).
+What stays in floating point: the norms, every projection named in `skip` (by default the
+untied `lm_head`, whose error lands directly on the logits, and the MoE router and its noise
+projection, which choose the experts) and, unless `head=True`, the token embedding and with
+it a tied LM head (`TiedHead` reads the embedding's matrix). `head=True` holds the embedding
+in int8 per row (`compress/embedding.py`; a tied head then runs the packed int8 product over
+it, as llama.cpp runs SmolLM2's Q8_0 token_embd) and quantizes an untied `lm_head` with the
+scheme. It is off by default: the head's error lands on the logits; on SmolLM2 it is the
+largest matrix (113 MB of fp32 of the 180 MB an int4 decode step reads).
 
 Methods: "rtn" rounds each group of weights to the nearest grid point (`schemes.rtn`);
 "gptq" (Frantar et al., 2022) takes the weights that `compress.gptq.gptq_weights` computed on
@@ -23,6 +26,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from lmforge.compress.embedding import quantize_embedding
 from lmforge.compress.linear import QuantLinear
 from lmforge.compress.schemes import QuantizedWeight, Scheme, rtn
 from lmforge.errors import LmforgeError
@@ -43,6 +47,7 @@ class Quantization:
     skip: list[str] = field(default_factory=lambda: list(SKIP))
     group_size: int | None = None
     calibration: dict | None = None  # gptq: {"file", "samples", "seq_len"}
+    head: bool = False  # the embedding in int8 (and an untied lm_head in the scheme)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,11 +88,13 @@ def _quantized(name: str, module: nn.Module, scheme: Scheme,
 
 def quantize_model(model: nn.Module, scheme: str | Scheme, method: str = "rtn",
                    weights: Mapping[str, QuantizedWeight] | None = None,
-                   skip: Sequence[str] = SKIP) -> Quantization:
+                   skip: Sequence[str] = SKIP, head: bool = False) -> Quantization:
     """Replace every projection of `model` not matched by `skip` by a `QuantLinear` of
     `scheme`, in place; the record to save beside it (`save_quantized`).
 
-    method "rtn": round to nearest; "gptq": `weights` from `compress.gptq.gptq_weights`."""
+    method "rtn": round to nearest; "gptq": `weights` from `compress.gptq.gptq_weights`.
+    head: also the token embedding, in int8 per row, with the tied head over it, and an
+    untied `lm_head` in `scheme` (by round to nearest, unless `weights` holds it)."""
     scheme = Scheme.parse(scheme) if isinstance(scheme, str) else scheme
     if method not in METHODS:
         raise LmforgeError(f"unknown quantization method {method!r}; use {' or '.join(METHODS)}")
@@ -97,9 +104,15 @@ def quantize_model(model: nn.Module, scheme: str | Scheme, method: str = "rtn",
     if method == "rtn" and weights is not None:
         raise LmforgeError("method 'rtn' computes its own weights; pass method='gptq' with "
                            "precomputed weights")
+    if head:
+        skip = [p for p in skip if p != "lm_head"]
+        if not model.config.tie_embeddings and weights is not None and "lm_head" not in weights:
+            weights = {**weights, "lm_head": rtn(scheme, model.lm_head.weight.detach())}
     replace_linears(model, lambda name, _: not skipped(name, skip),
                     lambda name, module: _quantized(name, module, scheme, weights))
-    return Quantization(scheme.name, method, list(skip), scheme.group_size)
+    if head:
+        quantize_embedding(model)
+    return Quantization(scheme.name, method, list(skip), scheme.group_size, head=head)
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantLinear]:
