@@ -23,6 +23,7 @@ import torch
 
 from lmforge.adapt.commands import register as register_adapt
 from lmforge.adapt.distill_commands import register as register_distill
+from lmforge.agent.commands import register as register_agent
 from lmforge.agent.teach_commands import register as register_agent_data
 from lmforge.compress.commands import register as register_quantize
 from lmforge.console import chat_loop, print_answer, take_dropped
@@ -436,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_distill(sub)
     register_quantize(sub)
     register_rag(sub)
+    register_agent(sub)
     register_agent_data(sub)
     return parser
 

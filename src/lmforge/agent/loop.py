@@ -26,7 +26,7 @@ Design choices:
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -127,10 +127,12 @@ class LLMBrain:
 
 
 def agent(question: str, tools: Sequence[Tool], max_steps: int = MAX_STEPS,
-          history: Sequence[dict] = (), system: str = ""
+          history: Sequence[dict] = (), system: str = "",
+          on_event: Callable[[Event], None] | None = None
           ) -> Generator[list[dict], str, AgentResult]:
     """One run: yields the messages to continue, receives each generated turn, returns the
-    result. `history`: earlier user/assistant/tool messages of the conversation."""
+    result. `history`: earlier user/assistant/tool messages of the conversation; `on_event`
+    sees each trace event as it happens (the console prints them)."""
     start = time.perf_counter()
     by_name = {t.name: t for t in tools}
     result = AgentResult(question, messages=[*history, {"role": "user", "content": question}])
@@ -139,6 +141,8 @@ def agent(question: str, tools: Sequence[Tool], max_steps: int = MAX_STEPS,
 
     def note(kind: str, text: str, call: ToolCall | None = None, seconds: float = 0.0) -> None:
         result.events.append(Event(kind, text, time.perf_counter() - start, call, seconds))
+        if on_event is not None:
+            on_event(result.events[-1])
 
     while True:
         text = yield to_chat_messages(head + result.messages, specs)
