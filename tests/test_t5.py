@@ -89,7 +89,8 @@ def test_cached_decode_equals_one_pass(pair):
         slots = [cache.allocate(), cache.allocate()]
         steps = [model(dec[:, t: t + 1], cache=cache.step(slots), memory=memory)
                  for t in range(dec.shape[1])]
-    assert (torch.cat(steps, dim=1) - full).abs().max().item() <= 1e-5
+    # fp32 kernels sum in a different order per shape: compare relative to the logits' scale
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
 def test_decoder_needs_an_encoder_output(pair):
