@@ -144,3 +144,9 @@ def _arguments(raw: object) -> dict:
     except (TypeError, json.JSONDecodeError):
         return {"_raw": raw}
     return value if isinstance(value, dict) else {"_raw": raw}
+
+
+def prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None,
+               preamble: str = "") -> list[int]:
+    """The ids of OpenAI chat messages with these tools, ready for the assistant's turn."""
+    return tokenizer.apply_chat_template(to_chat_messages(messages, tools, preamble))
