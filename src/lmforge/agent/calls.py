@@ -1,6 +1,8 @@
-"""Tool calls as text: the documented format for models whose chat template has none.
+"""Tool calls as text: the model's own format when its chat template has one, else a
+documented JSON format.
 
-A model sees the tools in a system message and calls one by writing a block
+The documented format (for templates without tools, SmolLM2's among them): the model sees the
+tools in a system message and calls one by writing a block
 
     <tool_call>
     {"name": "calculator", "arguments": {"expression": "12 * 34"}}
@@ -13,6 +15,13 @@ more calls. OpenAI's message shapes (assistant `tool_calls`, `tool` messages wit
 `tool_call_id`) are turned into plain `{"role", "content"}` messages by `to_chat_messages`, so the
 chat template and the SFT loss mask need to know nothing about tools.
 
+The native format: when the chat template renders `tools` and the messages' `tool_calls`
+(`tokenizers.chat.renders_tools`), `prompt_ids` hands it the tools and the messages as
+transformers does (arguments as objects), so the model sees the layout it was tuned on. Its
+calls are parsed by `parse_calls`, which reads the Hermes / Qwen 2.5 `<tool_call>` blocks;
+other native layouts (Llama 3.1's bare JSON, Mistral's `[TOOL_CALLS]`, ...) are rendered but
+not parsed.
+
 Training data (`agent/teach.py`) and inference render the same text, so a model tuned on it
 sees at inference exactly what it saw in training.
 """
@@ -23,6 +32,8 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
+
+from lmforge.tokenizers.chat import renders_tools
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(re.escape(OPEN) + r"\s*(.*?)\s*(?:" + re.escape(CLOSE) + r"|$)", re.S)
@@ -116,19 +127,17 @@ def to_chat_messages(messages: list[dict], tools: list[dict] | None = None,
                      preamble: str = "") -> list[dict]:
     """OpenAI chat messages (assistant `tool_calls`, `tool` results) as plain role/content
     messages in the documented format; the tools' system text is merged into the first system
-    message (or added as one) when `tools` is given."""
+    message (or added as one) when `tools` or a preamble is given."""
     out = []
     for m in messages:
-        content = m.get("content") or ""
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        content = _text(m.get("content"))
         if m.get("role") == "assistant" and m.get("tool_calls"):
             calls = [ToolCall(c["function"]["name"], _arguments(c["function"].get("arguments")),
                               c.get("id", "")) for c in m["tool_calls"]]
             content = render_calls(calls, content)
         out.append({"role": m["role"], "content": content})
-    if tools:
-        text = system_prompt(tools, preamble)
+    text = system_prompt(tools, preamble) if tools else preamble
+    if text:
         if out and out[0]["role"] == "system":
             out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + text}
         else:
@@ -146,7 +155,40 @@ def _arguments(raw: object) -> dict:
     return value if isinstance(value, dict) else {"_raw": raw}
 
 
+
+def native_messages(messages: list[dict], preamble: str = "") -> list[dict]:
+    """OpenAI chat messages in the shape transformers gives a chat template: content as text,
+    assistant `tool_calls` with their arguments as objects, the preamble in the system message."""
+    out = []
+    for m in messages:
+        msg = {**m, "content": _text(m.get("content"))}
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            msg["tool_calls"] = [
+                {"id": c.get("id", ""), "type": "function",
+                 "function": {"name": c["function"]["name"],
+                              "arguments": _arguments(c["function"].get("arguments"))}}
+                for c in m["tool_calls"]]
+        out.append(msg)
+    if preamble:
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + preamble}
+        else:
+            out.insert(0, {"role": "system", "content": preamble})
+    return out
+
+
 def prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None,
                preamble: str = "") -> list[int]:
-    """The ids of OpenAI chat messages with these tools, ready for the assistant's turn."""
+    """The ids of OpenAI chat messages with these tools, ready for the assistant's turn: in the
+    chat template's own tool format when it has one, else in the documented format."""
+    if renders_tools(tokenizer.chat_template):
+        specs = [{"type": "function", "function": function_spec(t)} for t in tools or []]
+        return tokenizer.apply_chat_template(native_messages(messages, preamble),
+                                             tools=specs or None)
     return tokenizer.apply_chat_template(to_chat_messages(messages, tools, preamble))
+
+
+def _text(content: object) -> str:
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""

@@ -119,12 +119,14 @@ class Tokenizer(ABC):
         ids = [] if self.special.eos is None else [self.special.eos]
         return ids + [i for i in self.special.extra_stop if i not in ids]
 
-    def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True
-                            ) -> list[int]:
-        """Ids of a chat: the template inserts the real special tokens, content is plain text."""
+    def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None) -> list[int]:
+        """Ids of a chat: the template inserts the real special tokens, content is plain text;
+        `tools` (OpenAI function specs) go to templates that render them."""
         from lmforge.tokenizers.chat import encode_chat
 
-        return encode_chat(self, messages, add_generation_prompt=add_generation_prompt)
+        return encode_chat(self, messages, add_generation_prompt=add_generation_prompt,
+                           tools=tools)
 
     def _required(self, role: str) -> int:
         token_id = getattr(self.special, role)

@@ -14,6 +14,11 @@ The marks are trusted only if removing them gives exactly the unmarked rendering
 that trim content ("| trim", Llama 3) are handled by marking the trimmed content; a template
 that reshapes content otherwise falls back to encoding the plain rendering, which is refused
 when some content holds special-token text.
+
+Tools: `tools` (OpenAI function specs) reach the template as transformers passes them, so a
+template with a tool-calling format of its own (`renders_tools`: Hermes, Qwen 2.5) writes the
+tool list and the assistant's `tool_calls` itself. Those are template text, so tools or calls
+that hold special-token text are refused.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import jinja2
 import regex
+from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lmforge.errors import LmforgeError
@@ -84,35 +90,54 @@ def _compile(template: str) -> jinja2.Template:
                            f"{e.message}); fix chat_template in tokenizer_config.json") from None
 
 
-def _render(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+@lru_cache(maxsize=16)
+def renders_tools(template: str | None) -> bool:
+    """Whether a chat template has a tool-calling format of its own: it reads the `tools`
+    variable and the messages' `tool_calls` (looked up in the parsed template, not the text)."""
+    if template is None:
+        return False
+    tree = _compile(template).environment.parse(template)
+    reads_tools = any(n.name == "tools" and n.ctx == "load" for n in tree.find_all(nodes.Name))
+    reads_calls = any(n.attr == "tool_calls" for n in tree.find_all(nodes.Getattr)) or any(
+        isinstance(n.arg, nodes.Const) and n.arg.value == "tool_calls"
+        for n in tree.find_all(nodes.Getitem))
+    return reads_tools and reads_calls
+
+
+def _render(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool,
+            tools: list[dict] | None = None) -> str:
     def text(i: int | None) -> str:
         return "" if i is None else tok.id_to_token(i)
 
     template = _compile(tok.chat_template or CHATML)
     try:
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+        return template.render(messages=messages, tools=tools,
+                               add_generation_prompt=add_generation_prompt,
                                bos_token=text(tok.special.bos), eos_token=text(tok.special.eos),
                                pad_token=text(tok.special.pad), unk_token=text(tok.special.unk))
     except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as e:
         raise LmforgeError(f"the chat template failed on these messages: {e}") from None
 
 
-def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                tools: list[dict] | None = None) -> str:
     """The chat as text, for display (special tokens written out)."""
-    return _render(tok, validate_messages(messages), add_generation_prompt)
+    return _render(tok, validate_messages(messages), add_generation_prompt, tools)
 
 
 def _marked_spans(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool,
-                  plain: str) -> list[tuple[str, bool]] | None:
+                  plain: str, tools: list[dict] | None = None
+                  ) -> list[tuple[str, bool]] | None:
     """`(text, parse_special)` spans of the rendering, content unparsed; None if the template
     does something to content other than insert it (or trim it) that the marks cannot follow."""
     if any(OPEN in m["content"] or CLOSE in m["content"] for m in messages):
         return None
     for trim in (False, True):
         contents = [m["content"].strip() if trim else m["content"] for m in messages]
-        marked = [{**m, "content": OPEN + c + CLOSE} for m, c in zip(messages, contents,
-                                                                     strict=True)]
-        rendered = _render(tok, marked, add_generation_prompt)
+        # empty content stays unmarked: templates test it ("{% if message.content %}")
+        marked = [{**m, "content": OPEN + c + CLOSE if c else c}
+                  for m, c in zip(messages, contents, strict=True)]
+        rendered = _render(tok, marked, add_generation_prompt, tools)
         if rendered.replace(OPEN, "").replace(CLOSE, "") != plain:
             continue
         spans, pos = [], 0
@@ -128,15 +153,20 @@ def _marked_spans(tok: Tokenizer, messages: list[dict], add_generation_prompt: b
     return None
 
 
-def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True
-                ) -> list[int]:
+def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                tools: list[dict] | None = None) -> list[int]:
     """Ids of a chat: the template's special tokens are real, message content is plain text.
 
     No BOS is added: templates that want one write `{{ bos_token }}` (as transformers does).
     """
     validate_messages(messages)
-    plain = _render(tok, messages, add_generation_prompt)
-    spans = _marked_spans(tok, messages, add_generation_prompt, plain)
+    calls = [m["tool_calls"] for m in messages if m.get("tool_calls")]
+    if (tools or calls) and tok.added.contains_special(json.dumps([tools, calls],
+                                                                  ensure_ascii=False)):
+        raise LmforgeError("a tool spec or a tool call holds special-token text, which the chat "
+                           "template would turn into a real special token; remove it")
+    plain = _render(tok, messages, add_generation_prompt, tools)
+    spans = _marked_spans(tok, messages, add_generation_prompt, plain, tools)
     if spans is not None:
         return tok.encode_spans(spans)
     if any(tok.added.contains_special(m["content"]) for m in messages):
