@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
+from lmforge.agent.calls import prompt_ids
 from lmforge.errors import LmforgeError, excerpt
 from lmforge.generate.fill import has_mlm_head
 from lmforge.serve.fill import fill_completion, wants_fill
@@ -45,6 +46,7 @@ from lmforge.serve.schemas import (
     parse_embedding,
     parse_json,
 )
+from lmforge.serve.tools import parse_tools
 from lmforge.tokenizers.chat import can_chat
 
 log = logging.getLogger("lmforge.serve")
@@ -230,8 +232,9 @@ def build_app(state: ServerState) -> FastAPI:
         body = await read_json(request, state)
         served = state.get(model_name(body), "chat")
         req = parse_chat(body)
-        tok = served.lm.tokenizer
-        ids = await asyncio.to_thread(tok.apply_chat_template, req.messages)
+        req.tools = parse_tools(body)
+        shown = req.tools.tools if req.tools is not None and req.tools.active else None
+        ids = await asyncio.to_thread(prompt_ids, served.lm.tokenizer, req.messages, shown)
         return await generate(request, served, req, [ids], state.metrics)
 
     @app.post("/v1/completions")

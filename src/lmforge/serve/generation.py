@@ -66,7 +66,8 @@ def fit_context(ids: list[int], req: GenerationRequest, ctx: int, what: str,
 
 
 def make_sequences(prompts: list[list[int]], configs: list[GenerationConfig],
-                   req: GenerationRequest, emit) -> list[Sequence]:
+                   req: GenerationRequest, emit, tokenizer=None) -> list[Sequence]:
+    """One sequence per answer; with active tools each gets its own call constraint."""
     config = configs[0]
     base = config.seed if config.seed is not None else random.randrange(2**62)
     seqs = []
@@ -75,9 +76,12 @@ def make_sequences(prompts: list[list[int]], configs: list[GenerationConfig],
         answers = 1 if cfg.num_beams > 1 else cfg.n  # beam search gives the n answers itself
         for j in range(answers):
             index = p * cfg.n + j
+            constrained = req.tools is not None and req.tools.active
             seqs.append(Sequence(index, ids, cfg, emit, seed=base + index,
                                  logprobs=req.logprobs, echo=scored,
-                                 score_only=req.score_only))
+                                 score_only=req.score_only,
+                                 processors=[req.tools.processor(tokenizer)] if constrained
+                                 else []))
     return seqs
 
 
@@ -95,6 +99,9 @@ async def generate(request: Request, served: Served, req: GenerationRequest,
     if req.logprobs is not None and req.config.num_beams > 1:
         raise bad("logprobs are not given for beam search; leave out num_beams or logprobs",
                   "logprobs")
+    if req.tools is not None and req.tools.active and req.config.num_beams > 1:
+        raise bad("tool calls are not constrained under beam search; leave out num_beams or "
+                  "set tool_choice to \"none\"", "num_beams")
     if n_choices > scheduler.max_queue:
         raise bad(f"{len(prompts)} prompt(s) × n={req.config.n} = {n_choices} answers, more "
                   f"than this server queues ({scheduler.max_queue}); ask for fewer", "n")
@@ -107,7 +114,7 @@ async def generate(request: Request, served: Served, req: GenerationRequest,
         except RuntimeError:  # the loop has closed: the server is shutting down
             pass
 
-    seqs = make_sequences(prompts, configs, req, emit)
+    seqs = make_sequences(prompts, configs, req, emit, served.lm.tokenizer)
     scheduler.submit(seqs)
     events = watch(request, queue, n_choices, scheduler, seqs)
     reply = Reply(served.id, req, prompts, n_choices, served.token_text)

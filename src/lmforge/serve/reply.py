@@ -3,7 +3,8 @@
 A completion choice with `echo` starts with its prompt's text, and with `logprobs` its
 prompt tokens' log-probabilities (the first null) come before the answer's
 (`serve/logprobs.py` writes both formats). Streamed, a chunk goes out for every token that
-completes text or carries log-probabilities; usage comes last when asked for.
+completes text or carries log-probabilities; usage comes last when asked for. With tools,
+a chat answer's calls become `tool_calls` (`serve/tools.py`), whole or as call deltas.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lmforge.serve.logprobs import (
 )
 from lmforge.serve.scheduler import Event
 from lmforge.serve.schemas import APIError, GenerationRequest
+from lmforge.serve.tools import CallStream
 
 
 class Reply:
@@ -35,6 +37,9 @@ class Reply:
         self.prompts = prompts
         self.per_prompt = max(1, n // len(prompts))
         self.offsets = [0] * n  # characters of each choice's text so far (text_offset)
+        tools = req.tools if req.tools is not None and req.tools.active else None
+        self.tools = tools
+        self.calls = [CallStream(tools.parallel) for _ in range(n)] if tools else None
         prompt_tokens = sum(map(len, prompts))
         self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0,
                       "total_tokens": prompt_tokens}
@@ -85,14 +90,24 @@ class Reply:
                     logprobs[ev.index], lps))
         wanted = self.req.logprobs is not None
         if self.chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": t},
+            choices = [{"index": i, "message": self._message(t),
                         "logprobs": (lp or {"content": [], "refusal": None}) if wanted else None,
                         "finish_reason": r}
                        for i, (t, r, lp) in enumerate(zip(texts, reasons, logprobs, strict=True))]
+            for c in choices:
+                if c["message"].get("tool_calls") and c["finish_reason"] == "stop":
+                    c["finish_reason"] = "tool_calls"
             return self._object("chat.completion", choices, True)
         choices = [{"index": i, "text": t, "logprobs": lp if wanted else None, "finish_reason": r}
                    for i, (t, r, lp) in enumerate(zip(texts, reasons, logprobs, strict=True))]
         return self._object("text_completion", choices, True)
+
+    def _message(self, text: str) -> dict:
+        if self.tools is None:
+            return {"role": "assistant", "content": text}
+        content, calls = self.tools.split(text)
+        return {"role": "assistant", "content": content,
+                **({"tool_calls": calls} if calls else {})}
 
     def _merged(self, a: dict, b: dict) -> dict:
         if self.chat:
@@ -105,12 +120,39 @@ class Reply:
             delta = {} if text is None else ({"role": "assistant", "content": ""}
                                              if text == "" and reason is None
                                              and logprobs is None else {"content": text})
-            choice = {"index": index, "delta": delta, "logprobs": logprobs,
-                      "finish_reason": reason}
-            return sse(self._object("chat.completion.chunk", [choice], False))
+            return self._delta(index, delta, reason, logprobs)
         choice = {"index": index, "text": text or "", "logprobs": logprobs,
                   "finish_reason": reason}
         return sse(self._object("text_completion", [choice], False))
+
+    def _delta(self, index: int, delta: dict, reason: str | None = None,
+               logprobs: dict | None = None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+        return sse(self._object("chat.completion.chunk", [choice], False))
+
+    def _call_chunks(self, index: int, k: int, call) -> list[str]:
+        """Call `k` of choice `index` as OpenAI streams it: its header, then its arguments."""
+        head = call.to_openai()
+        arguments = head["function"]["arguments"]
+        head = {"index": k, **head, "function": {"name": call.name, "arguments": ""}}
+        return [self._delta(index, {"tool_calls": [head]}),
+                self._delta(index, {"tool_calls": [{"index": k,
+                                                    "function": {"arguments": arguments}}]})]
+
+    def _streamed(self, ev: Event, text: str, lps: dict | None) -> list[str]:
+        """The chunks of one event of a chat with tools: content, then any closed calls,
+        then the finish (tool_calls when the choice made calls and stopped)."""
+        stream = self.calls[ev.index]
+        before = stream.n_calls
+        content, calls = stream.feed(text, final=ev.finish_reason is not None)
+        out = [self._chunk(ev.index, content, None, lps)] if content or lps is not None else []
+        for k, call in enumerate(calls, before):
+            out += self._call_chunks(ev.index, k, call)
+        if ev.finish_reason is not None:
+            reason = "tool_calls" if stream.n_calls and ev.finish_reason == "stop" \
+                else ev.finish_reason
+            out.append(self._chunk(ev.index, None, reason))
+        return out
 
     async def sse(self, events: AsyncIterator[Event]) -> AsyncIterator[str]:
         self._first = [True] * self.n
@@ -121,6 +163,10 @@ class Reply:
             async for ev in events:
                 self._count(ev)
                 text, lps = self._piece(ev)
+                if self.calls is not None:
+                    for chunk in self._streamed(ev, text, lps):
+                        yield chunk
+                    continue
                 if text or lps is not None:
                     yield self._chunk(ev.index, text, None, lps)
                 if ev.finish_reason is not None:

@@ -31,6 +31,7 @@ from lmforge.generate.beam import beam_answers
 from lmforge.generate.cache import KVCache
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.core import Batch, Timing
+from lmforge.generate.processors import Processor
 from lmforge.generate.row import RowDecoder, Step, TokenLogprob, token_logprobs
 from lmforge.model.prefix import PrefixKV
 from lmforge.model.transformer import Transformer
@@ -79,6 +80,7 @@ class Sequence:
     echo: bool = False
     score_only: bool = False
     prefix: PrefixKV | None = None  # P-Tuning v2 keys and values read before the prompt
+    processors: list[Processor] = field(default_factory=list)  # e.g. a tool-call constraint
     cancelled: bool = False  # set by the event loop when the client goes away
     arrived: float = field(default_factory=time.perf_counter)
     slot: int = -1
@@ -194,7 +196,7 @@ class Scheduler:
         self.pool.tokens[slot] = list(seq.prompt)
         seq.decoder = RowDecoder(seq.prompt, seq.config, self.tokenizer.stop_token_ids,
                                  self.vocab_size, tokenizer=self.tokenizer, seed=seq.seed,
-                                 logprobs=seq.logprobs)
+                                 logprobs=seq.logprobs, processors=seq.processors)
         prompt_lp = self._prompt_logprobs(seq, logits) if seq.echo else None
         if seq.score_only:
             seq.emit(Event(seq.index, "", [], "length", prompt_logprobs=prompt_lp))

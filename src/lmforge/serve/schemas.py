@@ -6,7 +6,8 @@ Every field of a body falls in one of four sets, checked in this order:
 - endpoint fields: messages / prompt / input, model, stream, stream_options, user, and the
   log-probability fields: `logprobs` + `top_logprobs` (chat), `logprobs` + `echo`
   (completions, where max_tokens 0 with echo scores the prompt and generates nothing);
-- OpenAI fields we do not implement yet (tools, response_format, …): accepted at
+- tool fields (tools, tool_choice, parallel_tool_calls): checked by `serve/tools.py`;
+- OpenAI fields we do not implement yet (response_format, functions, …): accepted at
   their default, a 400 that says so when set to anything else;
 - anything else: a 400 that names the field.
 Types are checked strictly (a bool is not a number, "0.5" is not a number), so wrong types
@@ -26,7 +27,7 @@ from lmforge.errors import LmforgeError, excerpt
 from lmforge.generate.config import LOCAL_ONLY, GenerationConfig
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
-MESSAGE_KEYS = {"role", "content", "name"}
+MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
 
 
 class APIError(LmforgeError):
@@ -95,7 +96,6 @@ COMMON = {
 # OpenAI fields not implemented yet → the values that mean "off"
 UNSUPPORTED_CHAT = {
     "response_format": [{"type": "text"}],
-    "tools": [[]], "tool_choice": ["none"], "parallel_tool_calls": [True, False],
     "functions": [[]], "function_call": ["none"], "service_tier": ["auto", "default"],
     "store": [False], "modalities": [["text"]], "audio": [], "prediction": [],
     "reasoning_effort": [], "web_search_options": [], "logit_processors": [],
@@ -119,6 +119,7 @@ class GenerationRequest:
     logprobs: int | None = None  # None: none; k: each token's log-probability and k others
     echo: bool = False  # completions: the prompt comes back first (with its log-probabilities)
     score_only: bool = False  # completions: max_tokens 0 with echo, the prompt scored only
+    tools: Any = None  # chat: a serve.tools.ToolRequest, or None without tools
 
 
 @dataclass
@@ -231,6 +232,8 @@ def parse_chat(body: dict) -> GenerationRequest:
     own = {"messages": (lambda v: isinstance(v, list), "a list of message objects")}
     own = {**own, "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
            "top_logprobs": (_is_int, "an integer")}
+    anything = (lambda v: True, "")  # checked by serve/tools.py
+    own = {**own, "tools": anything, "tool_choice": anything, "parallel_tool_calls": anything}
     req = _request(body, own, UNSUPPORTED_CHAT)
     req.messages = parse_messages(body.get("messages"))
     top = body.get("top_logprobs")
@@ -250,7 +253,8 @@ def _logprobs_count(k: int, endpoint: str, name: str) -> int:
 
 def parse_messages(messages: Any) -> list[dict]:
     """OpenAI messages → {"role", "content": str}; "developer" is the system role, and
-    content given as a list of text parts is joined."""
+    content given as a list of text parts is joined. An assistant message keeps its
+    `tool_calls` (its content may then be null), a tool message its `tool_call_id`."""
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty list of {\"role\", \"content\"} objects",
                   "messages")
@@ -267,8 +271,38 @@ def parse_messages(messages: Any) -> list[dict]:
             raise bad(f"{where}.role is {excerpt(m.get('role'))}; use one of {sorted(ROLES)}",
                       f"{where}.role")
         role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": _content(m.get("content"), where)})
+        message = {"role": role}
+        if m.get("tool_calls") is not None:
+            message["tool_calls"] = _tool_calls(m, where)
+        if role == "tool":
+            if not isinstance(m.get("tool_call_id"), str):
+                raise bad(f"{where} is a tool message: it needs tool_call_id, the id of the "
+                          "call it answers", f"{where}.tool_call_id")
+            message["tool_call_id"] = m["tool_call_id"]
+        empty_ok = "tool_calls" in message or m.get("refusal") is not None
+        message["content"] = "" if empty_ok and m.get("content") is None else _content(
+            m.get("content"), where)
+        out.append(message)
     return out
+
+
+def _tool_calls(m: dict, where: str) -> list[dict]:
+    """An assistant message's `tool_calls`: [{id, type: function, function: {name,
+    arguments: JSON string}}]."""
+    calls = m["tool_calls"]
+    if m.get("role") != "assistant" or not isinstance(calls, list):
+        raise bad(f"{where}.tool_calls must be a list, on an assistant message",
+                  f"{where}.tool_calls")
+    for j, c in enumerate(calls):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not (isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(fn, dict)
+                and c.get("type", "function") == "function" and isinstance(fn.get("name"), str)
+                and isinstance(fn.get("arguments"), str)):
+            raise bad(f'{where}.tool_calls[{j}] must be {{"id": ..., "type": "function", '
+                      '"function": {"name": ..., "arguments": "<JSON string>"}}, got '
+                      f"{excerpt(c)}", f"{where}.tool_calls[{j}]")
+    return [{"id": c["id"], "type": "function", "function": {
+        "name": c["function"]["name"], "arguments": c["function"]["arguments"]}} for c in calls]
 
 
 def _content(content: Any, where: str) -> str:
