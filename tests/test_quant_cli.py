@@ -84,7 +84,8 @@ def test_gptq_records_its_calibration(float_dir, tmp_path, capsys) -> None:
     rtn = lmforge.load(float_dir)
     quantize_model(rtn.model, "int4-g32")
     gptq = lmforge.load(str(out)).model
-    assert not torch.equal(gptq.layers[0].attn.qkv.codes, rtn.model.layers[0].attn.qkv.codes)
+    assert not torch.equal(gptq.layers[0].attn.qkv.stored_codes(),
+                           rtn.model.layers[0].attn.qkv.stored_codes())
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmforge.compress import int4pack
 from lmforge.compress.linear import QuantLinear, fp8_scaled_product
 from lmforge.compress.schemes import FP8_DTYPES, Scheme, pack_int4, rtn, unpack_int4
 from lmforge.errors import LmforgeError
@@ -102,14 +103,44 @@ def test_forward_is_x_times_the_dequantized_weight(name: str, dtype: torch.dtype
 def test_codes_keep_their_format_when_the_module_is_cast() -> None:
     for name in ("int8", "int4-g32", "fp8-e5m2"):
         layer = QuantLinear.from_weight(rtn(Scheme.parse(name), weight()))
-        codes = layer.codes.clone()
+        codes = layer.stored_codes().clone()
         layer.to(torch.bfloat16)
-        assert layer.codes.dtype == codes.dtype and layer.scale.dtype == torch.bfloat16
+        assert layer.stored_codes().dtype == codes.dtype and layer.scale.dtype == torch.bfloat16
         layer.float()
-        assert layer.scale.dtype == torch.float32 and layer.codes.dtype == codes.dtype
+        assert layer.scale.dtype == torch.float32 and layer.stored_codes().dtype == codes.dtype
         if name.startswith("int4"):
             assert layer.scales_zeros.dtype == torch.bfloat16  # the kernel's, whatever x is
-        assert torch.equal(layer.codes.view(torch.uint8), codes.view(torch.uint8))
+        assert torch.equal(layer.stored_codes().view(torch.uint8), codes.view(torch.uint8))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from([16, 32, 48, 64, 80, 96, 112, 128, 208]), st.sampled_from([32, 64, 160]),
+       st.integers(0, 2 ** 31 - 1))
+def test_int4_kernel_layout_unpacks_exactly(out: int, cols: int, seed: int) -> None:
+    """Row counts below, at and across the kernel's row blocks (16 to 64 by ISA)."""
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (out, cols), generator=gen, dtype=torch.uint8)
+    packed = int4pack.pack(codes)
+    assert packed.shape == (out, cols // 2) and packed.dtype == torch.uint8
+    assert torch.equal(int4pack.unpack(packed, out, cols), codes)
+
+
+def test_int4_layer_holds_its_codes_once_in_the_kernel_layout() -> None:
+    q = rtn(Scheme.parse("int4-g32"), weight())
+    layer = QuantLinear.from_weight(q, torch.randn(96))
+    held = dict(layer.named_buffers())
+    assert "codes" not in held and held["int4_packed"].shape == (96, 128)
+    sd = layer.state_dict()
+    assert list(sd) == ["bias", "scale", "zero", "codes"]
+    assert torch.equal(sd["codes"], pack_int4(q.codes))
+    assert torch.equal(layer.quantized_weight().codes, q.codes)
+    x = torch.randn(3, 256)
+    other = QuantLinear.from_weight(rtn(Scheme.parse("int4-g32"), weight(seed=5)),
+                                    torch.randn(96))
+    other.load_state_dict(sd)  # into a layer that holds the kernel's layout already
+    assert "codes" not in dict(other.named_buffers())
+    assert torch.equal(other(x), layer(x))
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in sd.items())
 
 
 def test_gradient_reaches_the_input_through_the_dequantized_weight() -> None:
@@ -163,3 +194,10 @@ def test_moving_to_the_meta_device_picks_its_product_and_back() -> None:
         assert layer.kernel == "dequant_mm"
         layer.to_empty(device="cpu")
         assert layer.kernel == KERNELS[name]
+    layer = QuantLinear.from_weight(rtn(Scheme.parse("int4-g32"), weight()))
+    codes = layer.stored_codes()
+    layer.to("meta")
+    assert layer.codes.is_meta and "int4_packed" not in dict(layer.named_buffers())
+    layer = QuantLinear.from_weight(rtn(Scheme.parse("int4-g32"), weight()))
+    layer.to(torch.float16)  # a cast keeps the kernel's layout, and the codes it gives back
+    assert layer.kernel == "int4pack_mm" and torch.equal(layer.stored_codes(), codes)

@@ -19,7 +19,7 @@ from lmforge.adapt.finetune import finetune
 from lmforge.cli import main
 from lmforge.compress.checkpoint import save_quantized
 from lmforge.compress.linear import QuantLinear
-from lmforge.compress.quantize import quantize_model, quantized_layers
+from lmforge.compress.quantize import Quantization, quantize_model, quantized_layers
 from lmforge.compress.schemes import Scheme, rtn
 from lmforge.errors import LmforgeError
 from lmforge.generate.compiled import compile_decode
@@ -149,9 +149,22 @@ def test_checkpoint_loads_with_the_same_logits(quantized_dirs, tok, name: str) -
     config = json.loads((quantized_dirs[name] / "config.json").read_text())
     assert config["quantization"]["scheme"] == name and config["format"] == "lmforge/1"
     bf16 = lmforge.load(str(quantized_dirs[name]), dtype="bf16")
-    assert bf16.model.layers[0].attn.qkv.codes.dtype == layer.codes.dtype
+    assert bf16.model.layers[0].attn.qkv.stored_codes().dtype == layer.stored_codes().dtype
     close = (logits(bf16.model) - logits(model)).abs().max() / logits(model).abs().max()
     assert close < 0.05
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_save_load_save_writes_the_same_bytes(quantized_dirs, tmp_path, name: str) -> None:
+    """An int4 layer holds only the kernel's layout; saving recovers the stored codes."""
+    lm = lmforge.load(str(quantized_dirs[name]))
+    if name.startswith("int4"):
+        assert not any(n.endswith(".codes") for n, _ in lm.model.named_buffers())
+    save_quantized(tmp_path / "again", lm.model, lm.tokenizer,
+                   Quantization.from_dict(lm.metadata["quantization"]))
+    again = (tmp_path / "again" / "model.safetensors").read_bytes()
+    assert again == (quantized_dirs[name] / "model.safetensors").read_bytes()
+    assert torch.equal(logits(lmforge.load(str(tmp_path / "again")).model), logits(lm.model))
 
 
 def test_checkpoint_holds_packed_codes_and_scales(quantized_dirs) -> None:

@@ -26,11 +26,15 @@ of the float weight. The kernels accumulate in fp32; the rounding of x and of th
 bf16 (relative 2⁻⁹) is small beside the weights' own (int8: up to s/2 per element).
 
 The state dict holds only what the scheme stores: `codes` (int8, fp8, or int4 packed two per
-byte by `pack_int4`), `scale`, `zero` (int4) and `bias`. The int4 kernel's own layout and the
-kernel's [scale; zero] table are buffers made from them at load (`init_buffers`), kept out of
-the state dict, so a checkpoint does not depend on the kernel's layout. Casting the module
-(`.to(torch.bfloat16)`) casts scales, zeros and bias, never the codes (fp8 codes keep their
-format: the cast to bf16 and back is exact for both fp8 formats).
+byte by `pack_int4`), `scale`, `zero` (int4) and `bias`. An "int4pack_mm" layer holds its codes
+once, in the kernel's own layout: at load (`init_buffers`) the stored codes become the buffer
+`int4_packed` and the kernel's [scale; zero] table `scales_zeros`, both kept out of the state
+dict, and the stored codes are dropped; saving gives them back exactly, unpacked by the
+kernel's own permutation (`compress/int4pack.py`), so a checkpoint does not depend on the
+kernel's layout and save → load → save writes the same bytes. The fp32 scale and zero stay
+(the bf16 table rounds them). Off the CPU the layer holds the stored codes again. Casting
+the module (`.to(torch.bfloat16)`) casts scales, zeros and bias, never the codes (fp8 codes
+keep their format: the cast to bf16 and back is exact for both fp8 formats).
 
 Gradients flow to the input (LoRA on a frozen quantized base): ∂L/∂x = ∂L/∂y · Ŵ, with Ŵ
 dequantized in the backward pass; W8A8 rounds activations in the forward pass only (the
@@ -48,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.compress import int4pack
 from lmforge.compress.schemes import (
     FP8_DTYPES,
     QuantizedWeight,
@@ -104,7 +109,7 @@ class QuantLinear(nn.Module):
         else:
             self.register_buffer("codes", torch.empty(out_features, in_features, dtype=codes))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self.kernel = choose_kernel(scheme, out_features, self.codes.device)
+        self.kernel = choose_kernel(scheme, out_features, self.scale.device)
 
     @classmethod
     def from_weight(cls, weight: QuantizedWeight, bias: torch.Tensor | None = None,
@@ -130,19 +135,57 @@ class QuantLinear(nn.Module):
                 # safetensors places tensors 8-byte aligned; the int8 kernel's bf16 path
                 # reads 64-byte aligned vectors (it crashed on such codes)
                 setattr(self, name, tensor.clone())
-        self.kernel = choose_kernel(self.scheme, self.out_features, self.codes.device)
-        if self.kernel == "int4pack_mm":
-            codes = unpack_int4(self.codes).to(torch.int32)
-            # (out, in/2) in the kernel's own order; [s; z] as (in/G, out, 2)
-            self.register_buffer("int4_packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                codes, 1), persistent=False)
+        self._hold_kernel_forms()
+
+    def _hold_kernel_forms(self) -> None:
+        """Pick the device's product and hold the codes in the form it reads: the int4
+        kernel's layout (module docstring) or the stored codes."""
+        self.kernel = choose_kernel(self.scheme, self.out_features, self.scale.device)
+        packed = "int4_packed" in self._buffers
+        if self.kernel == "int4pack_mm" and not packed:
+            # [s; z] as (in/G, out, 2), the kernel's table
+            self.register_buffer("int4_packed", int4pack.pack(unpack_int4(self.codes)),
+                                 persistent=False)
             self.register_buffer("scales_zeros", torch.stack((self.scale, self.zero), -1)
                                  .transpose(0, 1).to(torch.bfloat16).contiguous(),
                                  persistent=False)
+            del self._buffers["codes"]
+        elif self.kernel != "int4pack_mm" and packed:
+            self.register_buffer("codes", self.stored_codes())
+            del self._buffers["int4_packed"], self._buffers["scales_zeros"]
+
+    def stored_codes(self) -> torch.Tensor:
+        """The codes as the state dict holds them (int4: two per byte, `pack_int4`)."""
+        if "codes" in self._buffers:
+            return self.codes
+        packed = self.int4_packed
+        shape = (self.out_features, self.in_features // 2)
+        if packed.is_meta:
+            return torch.empty(shape, dtype=torch.uint8, device="meta")
+        codes = int4pack.unpack(packed, self.out_features, self.in_features)
+        return pack_int4(codes).to(packed.device)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if "codes" not in self._buffers:
+            destination[prefix + "codes"] = self.stored_codes()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if "codes" not in self._buffers:  # a load into a layer holding the kernel's layout
+            self.register_buffer("codes", self.stored_codes())
+            del self._buffers["int4_packed"], self._buffers["scales_zeros"]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if not self.codes.is_meta:
+            self.init_buffers()
 
     def quantized_weight(self) -> QuantizedWeight:
         """The stored weight as a `QuantizedWeight` (int4 codes unpacked)."""
-        codes = unpack_int4(self.codes) if self.scheme.kind == "int4" else self.codes
+        if "int4_packed" in self._buffers:
+            codes = int4pack.unpack(self.int4_packed, self.out_features, self.in_features)
+        elif self.scheme.kind == "int4":
+            codes = unpack_int4(self.codes)
+        else:
+            codes = self.codes
         zero = self.zero if self.scheme.kind == "int4" else None
         return QuantizedWeight(self.scheme, codes, self.scale, zero)
 
@@ -163,10 +206,7 @@ class QuantLinear(nn.Module):
         super()._apply(fn, recurse)
         for name, dtype in kept.items():  # a cast of the module leaves these formats
             setattr(self, name, getattr(self, name).to(dtype))
-        # a move picks the device's product (the int4 kernel's layout is made on the CPU)
-        kernel = choose_kernel(self.scheme, self.out_features, self.codes.device)
-        self.kernel = "dequant_mm" if kernel == "int4pack_mm" and not hasattr(
-            self, "int4_packed") else kernel
+        self._hold_kernel_forms()  # a move picks the device's product
         return self
 
     def product(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,61 @@
+"""The CPU int4 kernel's weight layout, both ways: codes → packed by
+`aten._convert_weight_to_int4pack_for_cpu`, and packed → codes again, exactly, so a layer
+need hold only the packed form.
+
+The conversion moves each 4-bit code q[r, c] (out × in, values 0..15) to one nibble of the
+packed (out, in/2) bytes; where it goes depends on the CPU (PyTorch packs rows in blocks of
+64 with AVX-512, 32 with AVX2, pairs of rows otherwise). Rather than copy those rules, the
+inverse asks the conversion itself: it is a fixed permutation π of nibble positions, so
+packing the base-16 digits of each element's flat index r·in + c, one digit per call,
+
+    digit_k[r, c] = ⌊(r·in + c) / 16ᵏ⌋ mod 16,   k = 0 … ⌈log₁₆(out·in)⌉ − 1
+
+and reading back what lands at each nibble position p gives π⁻¹(p) = Σ_k nibble_k(p)·16ᵏ,
+the element stored at p. `order` checks that this is a permutation (every element once);
+`unpack` is then one gather: q.flatten()[π⁻¹(p)] = nibble(p). Nibbles are read low first.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from lmforge.errors import LmforgeError
+
+
+def pack(codes: torch.Tensor) -> torch.Tensor:
+    """The kernel's packed (out, in/2) uint8 form of codes (out, in), values 0..15."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+
+
+def nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The packed bytes as a flat run of 4-bit values, the low nibble of each byte first."""
+    flat = packed.reshape(-1)
+    return torch.stack((flat & 15, flat >> 4), dim=1).reshape(-1)
+
+
+@lru_cache(maxsize=8)  # a model has a handful of projection shapes; made on first use only
+def order(out: int, cols: int) -> torch.Tensor:
+    """π⁻¹: the flat index (int32) of the element the kernel stores at each nibble position
+    of a packed (out, cols) matrix (module docstring)."""
+    n = out * cols
+    index = torch.arange(n, dtype=torch.int32)
+    found = torch.zeros(n, dtype=torch.int32)
+    shift = 0
+    while (1 << shift) < n:
+        digit = ((index >> shift) & 15).view(out, cols)
+        found |= nibbles(pack(digit)).to(torch.int32) << shift
+        shift += 4
+    if not torch.equal(torch.bincount(found, minlength=n), torch.ones(n, dtype=torch.int64)):
+        raise LmforgeError("this PyTorch's int4 weight packing is not a permutation of the "
+                           "codes; load the checkpoint with a release whose layout lmforge "
+                           "knows (the packed layer cannot give its codes back)")
+    return found
+
+
+def unpack(packed: torch.Tensor, out: int, cols: int) -> torch.Tensor:
+    """The codes (out, cols), uint8 0..15, that `pack` turned into `packed` (on the CPU)."""
+    codes = torch.empty(out * cols, dtype=torch.uint8)
+    codes[order(out, cols).long()] = nibbles(packed.cpu())
+    return codes.view(out, cols)
