@@ -1,6 +1,8 @@
 """`lmforge agent`: a question answered with tools, every turn, call and observation shown.
 
     lmforge agent --model smollm2 --tools calculator "What is 1234 * 5678?"
+    lmforge agent --model smollm2 --tools calculator --constrain --tool-choice required \\
+        "What is 1234 * 5678?"
     lmforge agent --model smollm2 --adapter runs/tools-lora --tools calculator,python,files \\
         --allow data/ "What is the total of units in sales.csv?"
     lmforge agent --model smollm2 --tools search,memory --db rag.db --collection notes
@@ -39,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     p.add_argument("--constrain", action="store_true",
                    help="constrain tool calls to the tools' JSON schemas (agent/constrain.py)")
+    p.add_argument("--tool-choice", default="auto", metavar="auto|required|TOOL",
+                   help="a question's first turn: free (auto, default), a call of any tool "
+                        "(required) or of this tool, constrained to its schema")
     p.set_defaults(func=cmd_agent)
 
 
@@ -49,14 +54,21 @@ def cmd_agent(args: argparse.Namespace) -> None:
     from lmforge.generate.config import GenerationConfig
 
     tools = _tools(args)
+    specs = [t.spec() for t in tools]
+    if args.tool_choice not in ("auto", "required", *(t.name for t in tools)):
+        raise LmforgeError(f"--tool-choice {args.tool_choice!r} is none of auto, required or "
+                           f"the tools ({', '.join(t.name for t in tools)})")
     lm = load(args)
-    processors = []
-    if args.constrain:
+    processors, first_turn = [], None
+    if args.constrain or args.tool_choice != "auto":
         from lmforge.agent.constrain import tool_call_processor
 
-        processors.append(tool_call_processor(lm.tokenizer, [t.spec() for t in tools]))
+        if args.constrain:
+            processors.append(tool_call_processor(lm.tokenizer, specs))
+        if args.tool_choice != "auto":
+            first_turn = [tool_call_processor(lm.tokenizer, specs, args.tool_choice)]
     brain = LLMBrain(lm, GenerationConfig(max_tokens=args.max_tokens,
-                                          temperature=args.temperature), processors)
+                                          temperature=args.temperature), processors, first_turn)
     if args.question:
         run_streamed(brain, args.question, tools, args.max_steps)
         return

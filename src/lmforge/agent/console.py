@@ -29,16 +29,16 @@ def run_streamed(brain, question: str, tools: Sequence[Tool], max_steps: int,
     """One question: the model's turns streamed token by token, then each call's result."""
     tty = sys.stdout.isatty() if tty is None else tty
     run = agent(question, tools, max_steps, history, on_event=lambda e: print_event(e, tty))
-    messages = next(run)
+    conversation = next(run)
     while True:
         print("\x1b[2m" if tty else "[model] ", end="")
         text = ""
-        for delta in brain.stream(messages):
+        for delta in brain.stream(conversation):
             text += delta
             print(delta, end="", flush=True)
         print("\x1b[0m" if tty else "", flush=True)
         try:
-            messages = run.send(text)
+            conversation = run.send(text)
         except StopIteration as stop:
             result = stop.value
             break

@@ -6,9 +6,10 @@ and answers once it needs no more calls.
     results[0].answer, results[0].events
 
 Design choices:
-- An agent run is a generator (`agent`): it yields the plain role/content messages it needs
-  the model to continue (`calls.to_chat_messages`, the tools in the system message) and
-  receives the generated turn through `send`. Whoever drives it decides how text is made, so
+- An agent run is a generator (`agent`): it yields the `Conversation` it needs the model to
+  continue (the messages and the tools' specs) and receives the generated turn through `send`.
+  `LLMBrain` turns it into ids with `calls.prompt_ids`: the chat template's own tool format when
+  it has one, else the documented one. Whoever drives it decides how text is made, so
   `run_agents` advances many agents with one batched completion per round, and the console
   streams one agent's tokens.
 - A turn with `<tool_call>` blocks is a step: each call is validated against its tool's
@@ -30,7 +31,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lmforge.agent.calls import ToolCall, parse_calls, to_chat_messages
+from lmforge.agent.calls import ToolCall, parse_calls, prompt_ids
 from lmforge.agent.tools import Tool
 from lmforge.errors import LmforgeError
 from lmforge.generate.config import GenerationConfig
@@ -62,9 +63,18 @@ class AgentResult:
     finish_reason: str = ""  # answer | max_steps
 
 
+@dataclass
+class Conversation:
+    """What the agent asks a brain to continue: chat messages (the model's turns as it wrote
+    them, `tool` messages with the observations) and the OpenAI specs of the tools."""
+
+    messages: list[dict]
+    tools: list[dict]
+
+
 class Brain(Protocol):
-    def complete(self, conversations: list[list[dict]]) -> list[str]:
-        """The next assistant turn of each conversation (plain role/content messages)."""
+    def complete(self, conversations: list[Conversation]) -> list[str]:
+        """The next assistant turn of each conversation."""
 
 
 class ScriptedBrain:
@@ -72,35 +82,46 @@ class ScriptedBrain:
 
     def __init__(self, texts: Sequence[str]) -> None:
         self.texts = list(texts)
-        self.seen: list[list[dict]] = []
+        self.seen: list[Conversation] = []
 
-    def complete(self, conversations: list[list[dict]]) -> list[str]:
+    def complete(self, conversations: list[Conversation]) -> list[str]:
         self.seen += conversations
         if len(self.texts) < len(conversations):
             raise LmforgeError("the scripted brain has run out of texts")
         out, self.texts = self.texts[:len(conversations)], self.texts[len(conversations):]
         return out
 
-    def stream(self, messages: list[dict]) -> Iterator[str]:
-        yield from self.complete([messages])
+    def stream(self, conversation: Conversation) -> Iterator[str]:
+        yield from self.complete([conversation])
 
 
 class LLMBrain:
     """A language model as the brain: batched turns through `Engine.stream`, which stops
-    each row at the tokenizer's stop ids (the chat template's end of turn)."""
+    each row at the tokenizer's stop ids (the chat template's end of turn). `first_turn`, if
+    given, replaces `processors` on a question's first turn (a "required" tool-call processor
+    makes a model that would answer unaided start with a call)."""
 
-    def __init__(self, lm, config: GenerationConfig, processors: Sequence = ()) -> None:
+    def __init__(self, lm, config: GenerationConfig, processors: Sequence = (),
+                 first_turn: Sequence | None = None) -> None:
         self.lm = lm
         self.config = config
         self.processors = list(processors)
+        self.first_turn = None if first_turn is None else list(first_turn)
 
-    def prompt(self, messages: list[dict]) -> list[int]:
+    def processors_for(self, conversation: Conversation) -> list:
+        """The processors of this turn: `first_turn` right after the question."""
+        opening = conversation.messages[-1]["role"] == "user"
+        return self.first_turn if opening and self.first_turn is not None else self.processors
+
+    def prompt(self, conversation: Conversation) -> list[int]:
         """The chat as ids; the oldest turns after the system message and the question are
         dropped until the answer budget fits the context window."""
         tok, limit = self.lm.tokenizer, self.lm.config.max_seq_len
-        head, rest = messages[:2], messages[2:]
+        messages = conversation.messages
+        keep = 2 if messages[0]["role"] == "system" else 1
+        head, rest = messages[:keep], messages[keep:]
         while True:
-            ids = tok.apply_chat_template(head + rest)
+            ids = prompt_ids(tok, head + rest, conversation.tools)
             if len(ids) + self.config.max_tokens <= limit:
                 return ids
             if not rest:
@@ -113,24 +134,31 @@ class LLMBrain:
                          len(rest) - 1)
             rest = rest[n:]
 
-    def stream(self, messages: list[dict]) -> Iterator[str]:
+    def stream(self, conversation: Conversation) -> Iterator[str]:
         """The next turn of one conversation, as text deltas."""
-        for d in self.lm.engine.stream([self.prompt(messages)], self.config, self.processors):
+        for d in self.lm.engine.stream([self.prompt(conversation)], self.config,
+                                       self.processors_for(conversation)):
             yield d.text
 
-    def complete(self, conversations: list[list[dict]]) -> list[str]:
+    def complete(self, conversations: list[Conversation]) -> list[str]:
+        """One batch per set of processors (first turns and later ones may differ)."""
         texts = [""] * len(conversations)
-        prompts = [self.prompt(m) for m in conversations]
-        for d in self.lm.engine.stream(prompts, self.config, self.processors):
-            texts[d.index] += d.text
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(conversations):
+            groups.setdefault(id(self.processors_for(c)), []).append(i)
+        for rows in groups.values():
+            prompts = [self.prompt(conversations[i]) for i in rows]
+            processors = self.processors_for(conversations[rows[0]])
+            for d in self.lm.engine.stream(prompts, self.config, processors):
+                texts[rows[d.index]] += d.text
         return texts
 
 
 def agent(question: str, tools: Sequence[Tool], max_steps: int = MAX_STEPS,
           history: Sequence[dict] = (), system: str = "",
           on_event: Callable[[Event], None] | None = None
-          ) -> Generator[list[dict], str, AgentResult]:
-    """One run: yields the messages to continue, receives each generated turn, returns the
+          ) -> Generator[Conversation, str, AgentResult]:
+    """One run: yields the conversation to continue, receives each generated turn, returns the
     result. `history`: earlier user/assistant/tool messages of the conversation; `on_event`
     sees each trace event as it happens (the console prints them)."""
     start = time.perf_counter()
@@ -145,7 +173,7 @@ def agent(question: str, tools: Sequence[Tool], max_steps: int = MAX_STEPS,
             on_event(result.events[-1])
 
     while True:
-        text = yield to_chat_messages(head + result.messages, specs)
+        text = yield Conversation(head + result.messages, specs)
         result.messages.append({"role": "assistant", "content": text})
         parsed = parse_calls(text)
         if not parsed.calls and not parsed.errors:
