@@ -6,6 +6,7 @@ import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -36,6 +37,23 @@ def start_server(models: list, **settings) -> tuple[SimpleNamespace, uvicorn.Ser
             raise RuntimeError("the test server did not start")
         time.sleep(0.05)
     return SimpleNamespace(url=f"http://127.0.0.1:{port}", state=state), server
+
+
+@contextmanager
+def live_server(models: list, **settings):
+    """`start_server` as a context: the server stops when the block ends."""
+    info, server = start_server(models, **settings)
+    try:
+        yield info
+    finally:
+        server.should_exit = True
+
+
+def openai_client(info: SimpleNamespace):
+    """The official client pointed at a test server."""
+    import openai
+
+    return openai.OpenAI(base_url=info.url + "/v1", api_key=KEY)
 
 
 def metrics(http, name: str, **labels: str) -> float:

@@ -3,6 +3,8 @@ relevance gate, prompt budget, citations, the supported-answer check, `lmforge a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import lmforge
@@ -34,12 +36,17 @@ def lm():
     return lmforge.load("smollm2")
 
 
-@pytest.fixture(scope="module")
-def collection(tmp_path_factory):
-    root = tmp_path_factory.mktemp("answer")
+def write_docs(root: Path) -> Path:
+    """`root/docs` with the tower and bread texts; returns `root`."""
     (root / "docs").mkdir()
     (root / "docs" / "tower.txt").write_text(TOWER, encoding="utf-8")
     (root / "docs" / "bread.txt").write_text(BREAD, encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = write_docs(tmp_path_factory.mktemp("answer"))
     db = str(root / "a.db")
     embedder = load_embedder("minilm")
     with VectorStore(db) as store:

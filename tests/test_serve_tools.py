@@ -11,7 +11,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from serve_helpers import KEY, start_server
+from serve_helpers import KEY, live_server, openai_client
 
 from lmforge.agent.calculator import calculate
 from lmforge.agent.calls import ToolCall, prompt_ids, render_calls
@@ -36,16 +36,13 @@ ASK = [{"role": "user", "content": "What is 1234 * 5678? Use the calculator."}]
 
 @pytest.fixture(scope="module")
 def server(smollm2):
-    info, srv = start_server([smollm2], ctx=1024, max_batch=8, max_queue=16, kv_cache_gb=0.3)
-    yield info
-    srv.should_exit = True
+    with live_server([smollm2], ctx=1024, max_batch=8, max_queue=16, kv_cache_gb=0.3) as info:
+        yield info
 
 
 @pytest.fixture
 def client(server):
-    import openai
-
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
+    return openai_client(server)
 
 
 def ask(client, **fields):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -188,15 +189,14 @@ def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
     pytest.fail(f"lmforge web did not answer at {url} within {timeout:.0f} s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module")
-def web_url(tmp_path_factory):
+@contextmanager
+def web_server(args: list[str], log: Path):
+    """`lmforge web ARGS` in a child process on a free port; yields its URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("web") / "server.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(LMFORGE), "web", "--model", "smollm2", "--port", str(port), "--max-tokens",
-             "8", "--temperature", "0"], stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+        proc = subprocess.Popen([str(LMFORGE), "web", "--port", str(port), *args], stdout=out,
+                                stderr=subprocess.STDOUT,
+                                env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(url, proc, log)
@@ -207,6 +207,14 @@ def web_url(tmp_path_factory):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def web_url(tmp_path_factory):
+    log = tmp_path_factory.mktemp("web") / "server.log"
+    with web_server(["--model", "smollm2", "--max-tokens", "8", "--temperature", "0"],
+                    log) as url:
+        yield url
 
 
 def test_chat_in_a_real_browser(web_url, tmp_path):

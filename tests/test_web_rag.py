@@ -3,23 +3,18 @@ tiny collection indexed with the real minilm in Milvus Lite, driven by Debian's 
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
-from serve_helpers import free_port
-from test_web import CHROMIUM, LMFORGE, wait_until_up
+from test_rag_answer import write_docs
+from test_web import CHROMIUM, LMFORGE, web_server
 
 from lmforge.cli import main
 from lmforge.rag.answer import Passage
 from lmforge.rag.store import Hit
 from lmforge.serve.web_rag import passages_markdown
-
-TOWER = ("The Zorblat Tower stands in the town of Quenton. It was completed in 1742 by the "
-         "architect Mira Holt, who built it from red granite.")
-BREAD = "Knead flour, water, yeast and salt. Let the dough rise for two hours, then bake it."
 
 
 def test_passages_show_source_position_text_and_citations():
@@ -38,31 +33,14 @@ def test_cli_rejects_rag_with_api(capsys):
 
 @pytest.fixture(scope="module")
 def rag_url(tmp_path_factory):
-    root = tmp_path_factory.mktemp("webrag")
-    (root / "docs").mkdir()
-    (root / "docs" / "tower.txt").write_text(TOWER, encoding="utf-8")
-    (root / "docs" / "bread.txt").write_text(BREAD, encoding="utf-8")
+    root = write_docs(tmp_path_factory.mktemp("webrag"))
     db = str(root / "w.db")
     # in a child process: Milvus Lite keeps its file locked by the process that opened it
     subprocess.run([str(LMFORGE), "index", "--db", db, "--collection", "towns", "--root",
                     str(root), "--quiet", str(root / "docs")], check=True)
-    port, log = free_port(), root / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(LMFORGE), "web", "--model", "smollm2", "--port", str(port), "--max-tokens",
-             "24", "--temperature", "0", "--rag-db", db, "--collection", "towns"],
-            stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_up(url, proc, log)
+    with web_server(["--model", "smollm2", "--max-tokens", "24", "--temperature", "0",
+                     "--rag-db", db, "--collection", "towns"], root / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_documents_tab_in_a_real_browser(rag_url, tmp_path):
