@@ -98,11 +98,13 @@ def from_scratch_loglikelihoods(lm, ex) -> list[float]:
     return out
 
 
-def accuracy(lm, tasks: list[tuple[str, int | None]]) -> dict:
-    results = {}
+def accuracy(lm, tasks: list[tuple[str, int | None]], earlier: dict, machine: dict) -> dict:
+    """The tasks run now (each with its machine and load) merged over the `earlier` ones."""
+    results = dict(earlier)
     for name, limit in tasks:
         report, _ = evaluate_tasks(lm, [name], limit=limit)
-        results[name] = {**report["tasks"][name], "limit": limit}
+        results[name] = {**report["tasks"][name], "limit": limit,
+                         "machine": {**machine, "load_after": os.getloadavg()}}
     card = {}
     for name, published in MODEL_CARD.items():
         parts = ["arc_easy", "arc_challenge"] if name == "arc_average" else [name]
@@ -208,8 +210,9 @@ def main() -> None:
                "python": platform.python_version(), "load_before": os.getloadavg()}
     t = time.perf_counter()
     if "accuracy" in args.parts:
-        record["accuracy"] = accuracy(lm, parse_tasks(args.tasks))
-        record["accuracy"]["machine"] = machine
+        earlier = record.get("accuracy", {})
+        record["accuracy"] = {**earlier, **accuracy(lm, parse_tasks(args.tasks),
+                                                    earlier.get("tasks", {}), machine)}
     hf = hf_model() if {"transformers", "speed"} & set(args.parts) else None
     if "transformers" in args.parts:
         record["transformers"] = transformers_subset(lm, hf, args.hf_limit)
