@@ -3,10 +3,12 @@ and speed, side by side with llama.cpp on the same machine.
 
     python benchmarks/quantize.py --threads 2 [--variants fp32 int8 ...] [--limit 100]
         [--reps 3] [--compile] [--llama-bin build/llama.cpp/bin] [--json FILE]
+        [--parts quality speed memory]
 
 Variants: fp32 and bf16 (the GGUF dequantized), int8 (per channel), int4-g32 by round to
 nearest and by GPTQ (calibrated on WikiText-2 validation text), fp8-e4m3 (per channel) and
-w8a8, each a checkpoint written by `lmforge quantize` from the fp32 model into build/quantize,
+w8a8, each a checkpoint written by `lmforge quantize` from the fp32 model into build/quantize
+(int4-g32-rtn-head also with `--head`: the embedding in int8, the tied head over it),
 and q4_1-native, the GGUF's own Q4_1 blocks in int4 layers (`--dtype q`). SmolLM2's weights
 come from a Q4_1 file, which is exactly an int4-g32 grid: int4-g32 reproduces them (both
 methods), so the methods are compared at int4-g64, which the file's grid does not fit.
@@ -18,6 +20,17 @@ projection runs, WikiText-2 test perplexity (the first --ppl-chars characters, w
 1,024 tokens), and HellaSwag and ARC-Easy normalised accuracy on their first --limit
 examples (zero-shot, `lmforge eval`'s harness formats). File size: the bytes on disk of
 what the variant loads.
+
+Memory (`--parts memory`, no decoding), --reps child processes per variant (the median
+one kept, with every run's resident memory): resident memory before loading (Python, torch
+and lmforge imported: the baseline), after loading, at its peak and mapped from files, the
+bytes of the model's parameters and buffers by part (`tensor_parts`: the weights
+the kernels read, stored codes held beside them, fp32 scales and zeros, the kernels' bf16
+[scale; zero] tables, the embedding, float weights, norms, the rest), what the resident
+memory holds beyond baseline and tensors, and the resident memory after `malloc_trim(0)`
+hands glibc's free heap pages back (how much of that rest is freed memory still mapped), and
+after the model is deleted and the heap trimmed again (what loading leaves in the process:
+modules imported and libraries initialised on first use).
 
 Speed, in one process holding every variant, alternating repetitions after a warm-up
 (the medians of --reps): prefill of 512 tokens (tokens/s), decode at batch 1 and 8
@@ -34,18 +47,24 @@ machine streams weights in the same run (`decode.floor`).
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import finish, machine
+from common import finish, load_average, machine
 from decode import floor, ours_generate, ours_prefill, timed
+from torch import nn
 
 from lmforge.api import load
+from lmforge.compress.embedding import QuantEmbedding
+from lmforge.compress.linear import QuantLinear
 from lmforge.compress.quantize import quantized_layers
 from lmforge.eval.perplexity import evaluate
 from lmforge.eval.tasks.runner import evaluate_tasks
@@ -59,6 +78,7 @@ QUANTIZED = {  # variant: `lmforge quantize` arguments
     "int8": ["--scheme", "int8"],
     "w8a8": ["--scheme", "w8a8"],
     "int4-g32-rtn": ["--scheme", "int4-g32"],
+    "int4-g32-rtn-head": ["--scheme", "int4-g32", "--head"],
     "int4-g32-gptq": ["--scheme", "int4-g32", "--method", "gptq",
                       "--calib", str(WIKI / "valid.txt"), "--calib-samples", "16"],
     "int4-g64-rtn": ["--scheme", "int4-g64"],
@@ -66,8 +86,8 @@ QUANTIZED = {  # variant: `lmforge quantize` arguments
                       "--calib", str(WIKI / "valid.txt"), "--calib-samples", "16"],
     "fp8-e4m3": ["--scheme", "fp8-e4m3"],
 }
-VARIANTS = ["fp32", "bf16", "int8", "int4-g32-rtn", "int4-g32-gptq", "int4-g64-rtn",
-            "int4-g64-gptq", "q4_1-native", "fp8-e4m3", "w8a8"]
+VARIANTS = ["fp32", "bf16", "int8", "int4-g32-rtn", "int4-g32-rtn-head", "int4-g32-gptq",
+            "int4-g64-rtn", "int4-g64-gptq", "q4_1-native", "fp8-e4m3", "w8a8"]
 LLAMA_TYPES = {"Q4_1": None, "Q8_0": "q8_0"}  # None: the packaged file itself
 TASKS = ["hellaswag", "arc_easy"]
 LMFORGE = str(Path(sys.executable).parent / "lmforge")
@@ -111,11 +131,12 @@ def prepare(variants: list[str], llama: bool) -> dict[str, Path]:
 
 
 def memory_mb() -> dict[str, float]:
-    """Resident memory now and at its peak, from /proc/self/status (MB)."""
+    """Resident memory now, at its peak, and the part of it mapped from files (libraries, a
+    safetensors file its tensors still view), from /proc/self/status (MB)."""
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text()
                   .splitlines() if ":" in line)
-    return {key: int(fields[name].split()[0]) / 1024
-            for key, name in (("rss_mb", "VmRSS"), ("peak_rss_mb", "VmHWM"))}
+    return {key: int(fields[name].split()[0]) / 1024 for key, name in (
+        ("rss_mb", "VmRSS"), ("peak_rss_mb", "VmHWM"), ("rss_file_mb", "RssFile"))}
 
 
 def quality(variant: str, threads: int, limit: int, ppl_chars: int) -> dict:
@@ -140,9 +161,73 @@ def quality(variant: str, threads: int, limit: int, ppl_chars: int) -> dict:
     return out
 
 
-def run_quality(variant: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", variant, "--threads", str(args.threads),
-           "--limit", str(args.limit), "--ppl-chars", str(args.ppl_chars)]
+def part_of(module_name: str, name: str, module: nn.Module) -> str:
+    """Which part of the model a parameter or buffer belongs to (`tensor_parts`)."""
+    if isinstance(module, (QuantEmbedding, nn.Embedding)):
+        return "embedding"
+    if isinstance(module, QuantLinear):
+        if name == "int4_packed" or name == "codes" and "int4_packed" not in module._buffers:
+            return "kernel_weights"  # what the product reads
+        return {"codes": "stored_codes", "scale": "scales_zeros", "zero": "scales_zeros",
+                "scales_zeros": "kernel_scales_zeros"}.get(name, "bias")
+    if "norm" in module_name:
+        return "norms"
+    return "float_weights" if name == "weight" else "other"  # other: RoPE tables
+
+
+def tensor_parts(model: nn.Module) -> dict[str, float]:
+    """MB of the model's parameters and buffers by part, each storage counted once."""
+    parts: dict[str, float] = defaultdict(float)
+    seen = set()
+    for module_name, module in model.named_modules():
+        for name, t in (*module.named_parameters(recurse=False),
+                        *module.named_buffers(recurse=False)):
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                parts[part_of(module_name, name, module)] += t.numel() * t.element_size() / 1e6
+    return dict(parts)
+
+
+def trimmed_rss_mb() -> float | None:
+    """Resident MB after glibc's malloc_trim(0) returns free heap pages; None off glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        return None
+    return memory_mb()["rss_mb"]
+
+
+def memory(variant: str, threads: int) -> dict:
+    """Baseline, resident and peak memory of one variant after loading, and the model's
+    bytes by part (run in a child process: the baseline is its memory before the load)."""
+    torch.set_num_threads(threads)
+    baseline = memory_mb()["rss_mb"]
+    spec, dtype = spec_of(variant)
+    start = time.perf_counter()
+    lm = load(spec, dtype=dtype)
+    out = {"load_s": time.perf_counter() - start, "baseline_rss_mb": baseline, **memory_mb(),
+           "parts_mb": tensor_parts(lm.model)}
+    out["beyond_tensors_mb"] = out["rss_mb"] - baseline - sum(out["parts_mb"].values())
+    out["rss_after_trim_mb"] = trimmed_rss_mb()
+    del lm
+    gc.collect()
+    # what loading leaves behind once the model is gone: modules imported and libraries
+    # initialised on first use (the baseline a second model would start from)
+    out["rss_after_unload_trim_mb"] = trimmed_rss_mb()
+    return out
+
+
+def memory_row(variant: str, args: argparse.Namespace) -> dict:
+    """The run with the median resident memory of --reps fresh processes (the heap's layout,
+    so its free pages, differ from run to run), with every run's figure."""
+    runs = sorted((run_child("memory", variant, args) for _ in range(args.reps)),
+                  key=lambda r: r["rss_mb"])
+    return {**runs[len(runs) // 2], "rss_mb_runs": [r["rss_mb"] for r in runs]}
+
+
+def run_child(part: str, variant: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--worker", variant, "--worker-part", part, "--threads",
+           str(args.threads), "--limit", str(args.limit), "--ppl-chars", str(args.ppl_chars)]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -235,6 +320,11 @@ def print_table(record: dict) -> None:
     print(f"\n{'variant':22}" + "".join(f"{k:>20}" for k in keys))
     for variant, row in quality_rows.items():
         print(f"{variant:22}" + "".join(f"{row.get(k) or float('nan'):20.3f}" for k in keys))
+    keys = ["baseline_rss_mb", "rss_mb", "peak_rss_mb", "rss_after_trim_mb", "tensors_mb"]
+    print(f"\n{'variant':22}" + "".join(f"{k:>20}" for k in keys))
+    for variant, row in record.get("memory", {}).items():
+        row = {**row, "tensors_mb": sum(row["parts_mb"].values())}
+        print(f"{variant:22}" + "".join(f"{row.get(k) or float('nan'):20.1f}" for k in keys))
     keys = ["prefill_tokens_per_s", "decode_b1_tokens_per_s", "decode_b8_tokens_per_s"]
     print(f"\n{'variant':22}" + "".join(f"{k:>24}" for k in keys))
     for who, row in speed_rows.items():
@@ -251,17 +341,20 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--parts", nargs="+", default=["quality", "speed"],
-                        choices=["quality", "speed"])
+                        choices=["quality", "speed", "memory"])
     parser.add_argument("--llama-bin", type=Path, default=ROOT / "build" / "llama.cpp" / "bin")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-part", default="quality", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(quality(args.worker, args.threads, args.limit, args.ppl_chars)))
+        row = memory(args.worker, args.threads) if args.worker_part == "memory" else \
+            quality(args.worker, args.threads, args.limit, args.ppl_chars)
+        print(json.dumps(row))
         return
     torch.set_num_threads(args.threads)
     llama = (args.llama_bin / "llama-bench").exists()
-    ggufs = prepare(args.variants, llama)
+    ggufs = prepare(args.variants, llama and "speed" in args.parts)
     # a part run alone keeps the other part of an existing record, with its own machine
     record = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     record.update({"benchmark": "quantize", "limit": args.limit, "ppl_chars": args.ppl_chars,
@@ -271,10 +364,16 @@ def main() -> None:
     if "quality" in args.parts:
         record.setdefault("quality", {})  # rows of variants not run now are kept
         for variant in args.variants:
-            row = run_quality(variant, args)
+            row = run_child("quality", variant, args)
             size = file_bytes(variant)
             record["quality"][variant] = {"file_mb": size and size / 1e6, **row}
             print(variant, json.dumps(record["quality"][variant]), flush=True)
+    if "memory" in args.parts:
+        record.setdefault("memory", {})
+        for variant in args.variants:
+            record["memory"][variant] = memory_row(variant, args)
+            print(variant, json.dumps(record["memory"][variant]), flush=True)
+        record["memory_machine"]["load_after"] = load_average()
     if "speed" in args.parts:
         record["speed"] = speed(args.variants, ggufs, args)
         if "int4-g32-rtn" in args.variants:

@@ -152,3 +152,14 @@ def test_smollm2_q_matches_the_dequantized_model(smollm2) -> None:
     kl = torch.sum(ref.softmax(-1) * (ref.log_softmax(-1) - ours.log_softmax(-1)), -1)
     assert (ours - ref).abs().max().item() <= 1.0 and kl.mean().item() <= 2e-3
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+
+
+def test_smollm2_q_holds_each_int4_weight_once_and_saves_the_gguf_codes() -> None:
+    """The layers keep only the kernel's layout (no stored codes beside it); the state dict
+    gives back exactly the codes read from the Q4_1 blocks, on SmolLM2's four shapes."""
+    config, sd, _, _, transforms = load_native("smollm2")
+    model = build_model(config, sd, transforms=transforms)
+    assert not any(n.endswith(".codes") for n, _ in model.named_buffers())
+    saved = model.state_dict()
+    assert sorted(saved) == sorted(sd)
+    assert all(torch.equal(saved[k], v) for k, v in sd.items())

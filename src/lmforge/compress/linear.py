@@ -129,13 +129,17 @@ class QuantLinear(nn.Module):
 
     def init_buffers(self) -> None:
         """The kernel's forms of the stored tensors (after a load onto the meta device too)."""
+        self._hold_kernel_forms()
+        if self.kernel == "int4pack_mm":
+            # it reads only the buffers just made; scale and zero may stay views of a
+            # loaded file (a copy would hold them twice while the file stays mapped)
+            return
         for name in ("codes", "scale", "zero"):
             tensor = getattr(self, name, None)
             if tensor is not None and tensor.data_ptr() % ALIGN:
                 # safetensors places tensors 8-byte aligned; the int8 kernel's bf16 path
                 # reads 64-byte aligned vectors (it crashed on such codes)
                 setattr(self, name, tensor.clone())
-        self._hold_kernel_forms()
 
     def _hold_kernel_forms(self) -> None:
         """Pick the device's product and hold the codes in the form it reads: the int4
