@@ -18,7 +18,8 @@ Design choices:
   (one combined expression or two calls), document questions through `search`, CSV questions
   through `read_file` then the calculator, computations through `python`, and questions that
   need no tool (greetings, simple facts), answered directly so the model does not call a tool
-  for everything.
+  for everything, and GSM8K train solutions with their `<<48/2=24>>` annotations as calculator
+  calls (`agent/teach_gsm8k.py`; read from `--gsm8k-train`, the test split never).
 - Train and benchmark arithmetic are disjoint by construction: a problem (a, op, b) belongs
   to the benchmark when the first byte of sha256("a op b") is below `BENCH_SHARE`·256, and the
   training generator rejects every such problem, whatever the seeds and counts.
@@ -32,10 +33,11 @@ import hashlib
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.agent.calls import ToolCall, render_calls, system_prompt
+from lmforge.agent.teach_gsm8k import GSM8K_TRAIN, load_problems, sampler
 from lmforge.errors import LmforgeError
 from lmforge.io import atomic_write_text
 
@@ -48,6 +50,7 @@ WORDS = {"+": ("plus", "added to", "and"), "-": ("minus", "less"),
 ASK = ("What is {q}?", "Compute {q}.", "{q} = ?", "Calculate {q}.", "What's {q}?",
        "Please work out {q} for me.", "I need {q}.", "How much is {q}?", "Solve {q}",
        "Quick question: what is {q}?", "Can you tell me {q}?", "{q}")
+_RAW_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
 TOOL_NAMES = ("calculator", "python", "search", "read_file", "remember", "recall")
 
 
@@ -125,12 +128,13 @@ def observe(name: str, arguments: dict) -> str:
 @dataclass
 class Turns:
     """A family's output: the user text, the rounds of calls with their observations, the
-    final answer, and the tools it needs."""
+    final answer, the tools it needs, and the text written before each round's calls."""
 
     user: str
     rounds: list[tuple[list[ToolCall], list[str]]]
     answer: str
     needs: tuple[str, ...] = ()
+    thoughts: list[str] = field(default_factory=list)
 
 
 def _calc(expression: str) -> tuple[list[ToolCall], list[str]]:
@@ -314,10 +318,11 @@ def direct(rng: random.Random) -> Turns:
     return Turns(user, [], answer)
 
 
-MIX: dict[str, tuple[float, Callable[[random.Random], Turns]]] = {
-    "arithmetic": (0.40, arithmetic), "units": (0.12, units), "word": (0.18, word_problem),
-    "docs": (0.09, document_question), "csv": (0.08, csv_question),
-    "python": (0.05, python_question), "direct": (0.08, direct)}
+MIX: dict[str, tuple[float, Callable[[random.Random], Turns] | None]] = {
+    "arithmetic": (0.30, arithmetic), "units": (0.07, units), "word": (0.10, word_problem),
+    "docs": (0.06, document_question), "csv": (0.05, csv_question),
+    "python": (0.03, python_question), "direct": (0.04, direct),
+    "gsm8k": (0.35, None)}  # bound to the GSM8K train file by `conversations`
 
 
 def tool_specs(names: tuple[str, ...]) -> list[dict]:
@@ -339,37 +344,46 @@ def to_messages(turns: Turns, names: tuple[str, ...]) -> list[dict]:
     """The conversation in the documented format (module docstring)."""
     msgs = [{"role": "system", "content": system_prompt(tool_specs(names))},
             {"role": "user", "content": turns.user}]
-    for calls, observations in turns.rounds:
-        msgs.append({"role": "assistant", "content": render_calls(calls)})
+    for i, (calls, observations) in enumerate(turns.rounds):
+        thought = turns.thoughts[i] if i < len(turns.thoughts) else ""
+        msgs.append({"role": "assistant", "content": render_calls(calls, thought)})
         msgs += [{"role": "tool", "content": o} for o in observations]
     msgs.append({"role": "assistant", "content": turns.answer})
     return msgs
 
 
-def conversations(n: int, seed: int = 0, mix: dict[str, float] | None = None
-                  ) -> list[dict]:
-    """`n` training conversations `{"messages": [...], "family": name}` from `seed`."""
+def conversations(n: int, seed: int = 0, mix: dict[str, float] | None = None,
+                  gsm8k_train: str | Path = GSM8K_TRAIN) -> list[dict]:
+    """`n` training conversations `{"messages": [...], "family": name}` from `seed`; the
+    gsm8k family (when its weight is not 0) reads `gsm8k_train`."""
     weights = mix or {k: w for k, (w, _) in MIX.items()}
     unknown = sorted(set(weights) - set(MIX))
     if unknown:
         raise LmforgeError(f"unknown conversation families {unknown}; choose from "
                            f"{', '.join(MIX)}")
+    families = {k: f for k, (_, f) in MIX.items() if f is not None}
+    if weights.get("gsm8k", 0) > 0:
+        families["gsm8k"] = sampler(load_problems(gsm8k_train),
+                                    random.Random(f"agent-gsm8k:{seed}"))
     rng = random.Random(f"agent-train:{seed}")
     names = list(weights)
     out = []
     for _ in range(n):
         family = rng.choices(names, [weights[k] for k in names])[0]
-        turns = MIX[family][1](rng)
+        turns = families[family](rng)
         out.append({"messages": to_messages(turns, _tool_set(rng, turns.needs)),
                     "family": family})
     return out
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
-    """Rows as JSONL (one `{"messages": …}` a line), written atomically."""
+    """Rows as JSONL (one `{"messages": …}` a line), written atomically. The characters that
+    `str.splitlines` breaks at but JSON leaves raw (U+0085, U+2028, U+2029: GSM8K has some)
+    are escaped, so a reader that splits the file into lines sees one row a line."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(p, "".join(json.dumps(r, ensure_ascii=False).translate(_RAW_BREAKS)
+                                 + "\n" for r in rows))
     return p
 
 
