@@ -63,7 +63,9 @@ class QuantEmbedding(nn.Module):
         return self.dequantize(self.scale.dtype)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return (self.codes.to(dtype) * self.scale.to(dtype).unsqueeze(1))
+        # the codes converted into Ê's own memory, then scaled in place: one matrix made
+        out = torch.empty(self.codes.shape, dtype=dtype, device=self.codes.device)
+        return out.copy_(self.codes).mul_(self.scale.to(dtype).unsqueeze(1))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Ê[ids] (…, d), in the scale's dtype (the model's)."""
