@@ -57,5 +57,5 @@ def order(out: int, cols: int) -> torch.Tensor:
 def unpack(packed: torch.Tensor, out: int, cols: int) -> torch.Tensor:
     """The codes (out, cols), uint8 0..15, that `pack` turned into `packed` (on the CPU)."""
     codes = torch.empty(out * cols, dtype=torch.uint8)
-    codes[order(out, cols).long()] = nibbles(packed.cpu())
+    codes[order(out, cols)] = nibbles(packed.cpu())
     return codes.view(out, cols)
