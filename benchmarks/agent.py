@@ -202,7 +202,8 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=None, choices=CONFIGS)
     p.add_argument("--tools", default="calculator", help="tool sets for the agent")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=4, help="turns per question at most")
+    p.add_argument("--steps", type=int, default=8,
+                   help="turns with calls per question at most (GSM8K solutions use up to 9)")
     p.add_argument("--max-tokens", type=int, default=96, help="new tokens per turn")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(OUT))
