@@ -147,16 +147,20 @@ class QuantLinear(nn.Module):
         self.kernel = choose_kernel(self.scheme, self.out_features, self.scale.device)
         packed = "int4_packed" in self._buffers
         if self.kernel == "int4pack_mm" and not packed:
-            # [s; z] as (in/G, out, 2), the kernel's table
             self.register_buffer("int4_packed", int4pack.pack(unpack_int4(self.codes)),
                                  persistent=False)
+            # [s; z] as (in/G, out, 2), the kernel's table
             self.register_buffer("scales_zeros", torch.stack((self.scale, self.zero), -1)
                                  .transpose(0, 1).to(torch.bfloat16).contiguous(),
                                  persistent=False)
             del self._buffers["codes"]
         elif self.kernel != "int4pack_mm" and packed:
-            self.register_buffer("codes", self.stored_codes())
-            del self._buffers["int4_packed"], self._buffers["scales_zeros"]
+            self._hold_stored_codes()
+
+    def _hold_stored_codes(self) -> None:
+        """Trade the int4 kernel's layout for the stored codes (a move off the CPU, a load)."""
+        self.register_buffer("codes", self.stored_codes())
+        del self._buffers["int4_packed"], self._buffers["scales_zeros"]
 
     def stored_codes(self) -> torch.Tensor:
         """The codes as the state dict holds them (int4: two per byte, `pack_int4`)."""
@@ -176,8 +180,7 @@ class QuantLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         if "codes" not in self._buffers:  # a load into a layer holding the kernel's layout
-            self.register_buffer("codes", self.stored_codes())
-            del self._buffers["int4_packed"], self._buffers["scales_zeros"]
+            self._hold_stored_codes()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if not self.codes.is_meta:
             self.init_buffers()
