@@ -31,6 +31,7 @@ from gguf.constants import GGML_QUANT_SIZES
 from gguf.constants import GGMLQuantizationType as T
 from torch import nn
 
+from lmforge.compress.linear import choose_kernel
 from lmforge.compress.quantize import Quantization, install_empty
 from lmforge.compress.schemes import QuantizedWeight, Scheme, pack_int4
 from lmforge.errors import LmforgeError
@@ -114,13 +115,32 @@ def _read_projection(f: GGUFFile, config: ModelConfig, names: list[str]) -> Quan
     return fuse_weights(pieces) if len(pieces) > 1 else pieces[0]
 
 
-def stored_tensors(name: str, w: QuantizedWeight) -> dict[str, torch.Tensor]:
-    """The state-dict entries of a `QuantLinear` at `name` holding `w` (int4 codes packed)."""
+def stored_tensors(name: str, w: QuantizedWeight, into: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """The state-dict entries of a `QuantLinear` at `name` holding `w` (int4 codes packed,
+    written `into` a given uint8 view when there is one)."""
     codes = pack_int4(w.codes) if w.scheme.kind == "int4" else w.codes
+    if into is not None:
+        codes = into.view(codes.shape).copy_(codes)
     out = {f"{name}.codes": codes, f"{name}.scale": w.scale.float()}
     if w.zero is not None:
         out[f"{name}.zero"] = w.zero.float()
     return out
+
+
+def int4_buffers(f: GGUFFile, native: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+    """Views of one uint8 buffer, one per projection that will run "int4pack_mm", for its
+    packed stored codes. Those layers drop the codes at load (they keep the kernel's layout,
+    `compress/linear.py`): one large allocation goes back to the system whole once the state
+    dict is gone, where a hundred small ones would stay as holes in the heap, resident."""
+    sizes = {}
+    for ours, names in native.items():
+        rows, cols = sum(f.tensors[n].shape[0] for n in names), f.tensors[names[0]].shape[1]
+        scheme = SCHEMES[f.tensors[names[0]].qtype]
+        if choose_kernel(scheme, rows, torch.device("cpu")) == "int4pack_mm":
+            sizes[ours] = rows * cols // 2
+    buffer = torch.empty(sum(sizes.values()), dtype=torch.uint8)
+    return dict(zip(sizes, buffer.split(list(sizes.values())), strict=True))
 
 
 @single_threaded()
@@ -140,10 +160,11 @@ def read_native(path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, S
                    for n, i in f.tensors.items()}
         state_dict = state_dict_from_tensors(config, tensors, str(path))
         schemes = {}
+        buffers = int4_buffers(f, native)
         for ours, names in native.items():
             w = _read_projection(f, config, names)
             del state_dict[f"{ours}.weight"]
-            state_dict.update(stored_tensors(ours, w))
+            state_dict.update(stored_tensors(ours, w, buffers.get(ours)))
             schemes[ours] = w.scheme
         metadata = f.metadata
     return config, state_dict, schemes, metadata
