@@ -170,6 +170,27 @@ def test_prompt_drops_the_oldest_turns_to_fit(meta):
         brain_on(meta, max_seq_len=40).prompt(conversation)
 
 
+def test_prompt_keeps_the_current_question(meta):
+    """In a long conversation the current question and its latest round stay; older
+    exchanges go first, then the current question's oldest rounds."""
+    conversation = after_a_call()
+    conversation.messages += [{"role": "assistant", "content": "It is 7006652. " * 20},
+                              {"role": "user", "content": "And halved?"},
+                              {"role": "assistant", "content": call("calculator",
+                                                                    expression="7006652 / 2")},
+                              {"role": "tool", "content": "3503326"},
+                              {"role": "assistant", "content": call("calculator",
+                                                                    expression="3503326 + 0")},
+                              {"role": "tool", "content": "3503326"}]
+    m = conversation.messages
+    kept = Conversation(m[:2] + [m[5]] + m[-2:], conversation.tools)
+    want = brain_on(meta).prompt(kept)
+    brain = brain_on(meta, max_seq_len=len(want) + 16)  # room for exactly `kept`
+    assert brain.prompt(conversation) == want
+    text = brain.lm.tokenizer.decode(want)
+    assert "And halved?" in text and "3503326 + 0" in text and "7006652 / 2" not in text
+
+
 def test_first_turn_processors_get_their_own_batch(meta):
     first, later = object(), object()
     brain = brain_on(meta, processors=[later], first_turn=[first])

@@ -114,25 +114,29 @@ class LLMBrain:
         return self.first_turn if opening and self.first_turn is not None else self.processors
 
     def prompt(self, conversation: Conversation) -> list[int]:
-        """The chat as ids; the oldest turns after the system message and the question are
-        dropped until the answer budget fits the context window."""
+        """The chat as ids. Until the answer budget fits the context window, the oldest turns
+        are dropped: first those before the current question (the last user message), then
+        the current question's oldest rounds of calls; the system message, the first question
+        and the current one always stay."""
         tok, limit = self.lm.tokenizer, self.lm.config.max_seq_len
         messages = conversation.messages
         keep = 2 if messages[0]["role"] == "system" else 1
-        head, rest = messages[:keep], messages[keep:]
+        last = max([i for i, m in enumerate(messages) if m["role"] == "user"] + [keep - 1])
+        head, older = messages[:keep], messages[keep:max(keep, last)]
+        question, rounds = messages[max(keep, last):last + 1], messages[last + 1:]
         while True:
-            ids = prompt_ids(tok, head + rest, conversation.tools)
+            ids = prompt_ids(tok, head + older + question + rounds, conversation.tools)
             if len(ids) + self.config.max_tokens <= limit:
                 return ids
-            if not rest:
+            if not (older or rounds):
                 raise LmforgeError(f"the question and the tool list take {len(ids)} tokens, too "
                                    f"many beside max_tokens {self.config.max_tokens} in the "
                                    f"context window of {limit}; ask a shorter question or "
                                    "use fewer tools")
-            # drop the oldest assistant turn with the tool results after it
-            n = 1 + next((i for i, m in enumerate(rest[1:]) if m["role"] == "assistant"),
-                         len(rest) - 1)
-            rest = rest[n:]
+            if older:
+                older = _without_oldest_turn(older)
+            else:
+                rounds = _without_oldest_turn(rounds)
 
     def stream(self, conversation: Conversation) -> Iterator[str]:
         """The next turn of one conversation, as text deltas."""
@@ -152,6 +156,14 @@ class LLMBrain:
             for d in self.lm.engine.stream(prompts, self.config, processors):
                 texts[rows[d.index]] += d.text
         return texts
+
+
+def _without_oldest_turn(messages: list[dict]) -> list[dict]:
+    """`messages` less their first one and what follows it up to the next assistant turn
+    (an assistant turn with the tool results after it)."""
+    n = 1 + next((i for i, m in enumerate(messages[1:]) if m["role"] == "assistant"),
+                 len(messages) - 1)
+    return messages[n:]
 
 
 def agent(question: str, tools: Sequence[Tool], max_steps: int = MAX_STEPS,
