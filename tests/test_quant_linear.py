@@ -117,12 +117,14 @@ def test_codes_keep_their_format_when_the_module_is_cast() -> None:
 @given(st.sampled_from([16, 32, 48, 64, 80, 96, 112, 128, 208]), st.sampled_from([32, 64, 160]),
        st.integers(0, 2 ** 31 - 1))
 def test_int4_kernel_layout_unpacks_exactly(out: int, cols: int, seed: int) -> None:
-    """Row counts below, at and across the kernel's row blocks (16 to 64 by ISA)."""
+    """Row counts below, at and across the kernel's row blocks (16 to 64 by ISA); packing the
+    stored bytes block by block gives the whole matrix's layout."""
     gen = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 16, (out, cols), generator=gen, dtype=torch.uint8)
     packed = int4pack.pack(codes)
     assert packed.shape == (out, cols // 2) and packed.dtype == torch.uint8
     assert torch.equal(int4pack.unpack(packed, out, cols), codes)
+    assert torch.equal(int4pack.pack_stored(pack_int4(codes)), packed)
 
 
 def test_int4_layer_holds_its_codes_once_in_the_kernel_layout() -> None:

@@ -21,12 +21,26 @@ from functools import lru_cache
 
 import torch
 
+from lmforge.compress.schemes import unpack_int4
 from lmforge.errors import LmforgeError
+
+ROWS = 64  # the conversion packs blocks of 64 rows (AVX-512) or 32, each on its own
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:
     """The kernel's packed (out, in/2) uint8 form of codes (out, in), values 0..15."""
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+
+
+def pack_stored(stored: torch.Tensor) -> torch.Tensor:
+    """The kernel's form of stored codes (`schemes.pack_int4` bytes, (out, in/2)), ROWS rows
+    at a time: block b of rows lands in rows b of the packed matrix, so the pieces are the
+    whole; the int32 codes the conversion takes (8× the stored bytes) are made per piece,
+    small temporaries the heap reuses rather than a hole per layer."""
+    packed = torch.empty_like(stored)
+    for start in range(0, stored.shape[0], ROWS):
+        packed[start:start + ROWS] = pack(unpack_int4(stored[start:start + ROWS]))
+    return packed
 
 
 def nibbles(packed: torch.Tensor) -> torch.Tensor:

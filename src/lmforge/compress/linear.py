@@ -147,7 +147,7 @@ class QuantLinear(nn.Module):
         self.kernel = choose_kernel(self.scheme, self.out_features, self.scale.device)
         packed = "int4_packed" in self._buffers
         if self.kernel == "int4pack_mm" and not packed:
-            self.register_buffer("int4_packed", int4pack.pack(unpack_int4(self.codes)),
+            self.register_buffer("int4_packed", int4pack.pack_stored(self.codes),
                                  persistent=False)
             # [s; z] as (in/G, out, 2), the kernel's table
             self.register_buffer("scales_zeros", torch.stack((self.scale, self.zero), -1)
