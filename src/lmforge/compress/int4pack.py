@@ -23,6 +23,7 @@ import torch
 
 from lmforge.compress.schemes import unpack_int4
 from lmforge.errors import LmforgeError
+from lmforge.interop.threads import single_threaded
 
 ROWS = 64  # the conversion packs blocks of 64 rows (AVX-512) or 32, each on its own
 
@@ -32,6 +33,7 @@ def pack(codes: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
 
 
+@single_threaded()  # small copies: a parallel region per piece waits on busy cores
 def pack_stored(stored: torch.Tensor) -> torch.Tensor:
     """The kernel's form of stored codes (`schemes.pack_int4` bytes, (out, in/2)), ROWS rows
     at a time: block b of rows lands in rows b of the packed matrix, so the pieces are the
@@ -50,6 +52,7 @@ def nibbles(packed: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=8)  # a model has a handful of projection shapes; made on first use only
+@single_threaded()
 def order(out: int, cols: int) -> torch.Tensor:
     """π⁻¹: the flat index (int32) of the element the kernel stores at each nibble position
     of a packed (out, cols) matrix (module docstring)."""
