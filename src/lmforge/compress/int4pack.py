@@ -36,9 +36,10 @@ def pack(codes: torch.Tensor) -> torch.Tensor:
 @single_threaded()  # small copies: a parallel region per piece waits on busy cores
 def pack_stored(stored: torch.Tensor) -> torch.Tensor:
     """The kernel's form of stored codes (`schemes.pack_int4` bytes, (out, in/2)), ROWS rows
-    at a time: block b of rows lands in rows b of the packed matrix, so the pieces are the
-    whole; the int32 codes the conversion takes (8× the stored bytes) are made per piece,
-    small temporaries the heap reuses rather than a hole per layer."""
+    at a time: each block of rows is packed into the same rows of the packed matrix, so the
+    pieces make the whole (tests/test_quant_linear.py checks it); the int32 codes the
+    conversion takes (8× the stored bytes) are made per piece, small temporaries the heap
+    reuses rather than a hole per layer."""
     packed = torch.empty_like(stored)
     for start in range(0, stored.shape[0], ROWS):
         packed[start:start + ROWS] = pack(unpack_int4(stored[start:start + ROWS]))
@@ -65,9 +66,10 @@ def order(out: int, cols: int) -> torch.Tensor:
         found |= nibbles(pack(digit)).to(torch.int32) << shift
         shift += 4
     if not torch.equal(torch.bincount(found, minlength=n), torch.ones(n, dtype=torch.int64)):
-        raise LmforgeError("this PyTorch's int4 weight packing is not a permutation of the "
-                           "codes; load the checkpoint with a release whose layout lmforge "
-                           "knows (the packed layer cannot give its codes back)")
+        raise LmforgeError(f"PyTorch {torch.__version__}'s int4 weight packing is not a "
+                           "permutation of the codes, so an int4 layer cannot give its codes "
+                           "back to be saved or dequantized; use a PyTorch release whose "
+                           "packing is (2.13 is)")
     return found
 
 
