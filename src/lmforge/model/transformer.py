@@ -25,6 +25,8 @@ from outside without touching this file.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -115,8 +117,11 @@ class Transformer(nn.Module):
         return self.dtype_marker.device
 
     def init_buffers(self) -> None:
-        """Materialise `dtype_marker` after building on the meta device (`api.build_model`)."""
-        self.dtype_marker = torch.empty(0, device=self.embed.weight.device)
+        """Materialise `dtype_marker` after building on the meta device (`api.build_model`).
+        The device is read from the first parameter, not `embed.weight`: a quantized
+        embedding computes that property by dequantizing its whole table."""
+        first = next(itertools.chain(self.parameters(), self.buffers()))
+        self.dtype_marker = torch.empty(0, device=first.device)
 
     def forward(self, ids: torch.Tensor | None = None, **inputs) -> torch.Tensor:
         """Logits (B, T', vocab) in fp32: the LM head over `hidden(ids, **inputs)` (the
