@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
+from test_quant_model import tiny
 
 import lmforge
 from lmforge.adapt.finetune import finetune
@@ -21,7 +22,6 @@ from lmforge.compress.embedding import QuantEmbedding, QuantTiedHead
 from lmforge.compress.linear import QuantLinear
 from lmforge.compress.quantize import quantize_model
 from lmforge.interop.load import load_weights
-from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -33,12 +33,6 @@ def tok():
     return load_weights("smollm2")[2]
 
 
-def tiny(tok, tie: bool = True) -> Transformer:
-    config = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layer=2, n_head=4,
-                         n_kv_head=2, d_ff=128, max_seq_len=128, tie_embeddings=tie)
-    model = Transformer(config)
-    model.init_weights(std=0.2, seed=0)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

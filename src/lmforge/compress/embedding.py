@@ -25,6 +25,7 @@ from torch import nn
 
 from lmforge.compress.linear import ALIGN, QuantProduct
 from lmforge.compress.schemes import Scheme, rtn
+from lmforge.model.heads import TiedHead
 
 SCHEME = Scheme.parse("int8")
 
@@ -76,25 +77,9 @@ class QuantEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, scheme=int8"
 
 
-class QuantTiedHead(nn.Module):
+class QuantTiedHead(TiedHead):
     """logits = h·Êᵀ over a `QuantEmbedding`'s codes: (…, d) → (…, vocab). The embedding is
-    a plain attribute (as in `model.heads.TiedHead`), so its tensors are saved once."""
-
-    def __init__(self, embedding: QuantEmbedding) -> None:
-        super().__init__()
-        self.__dict__["embedding"] = embedding  # bypasses nn.Module's registration
-
-    @property
-    def in_features(self) -> int:
-        return self.embedding.embedding_dim
-
-    @property
-    def out_features(self) -> int:
-        return self.embedding.num_embeddings
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.embedding.weight
+    a plain attribute (`TiedHead`'s), so its tensors are saved once; `weight` dequantizes."""
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.embedding.dequantize(dtype)
