@@ -1,8 +1,8 @@
 """Adaptation methods side by side, in the manner of PEFT's method comparison: accuracy,
 trainable parameters, wall time, peak memory and training examples seen per method.
 
-    python benchmarks/adapt.py --threads 1 --train-subset 2000 --steps 150 --batch 32 \\
-        --max-len 64 --models minilm --tasks sst2 --jobs 3 --json benchmarks/results/adapt.json
+    python benchmarks/adapt.py --models minilm --tasks sst2 --steps 4200 --batch 32 \\
+        --max-len 64 --probe-steps 3000 --jobs 10 --json benchmarks/results/adapt.json
 
 Grid (`--models`, `--tasks`, `--methods` select from it):
 - `minilm`: full (lr 1e-4, layer-wise decay 0.9), probe-cls, probe-mean, prompt tuning with
@@ -20,7 +20,8 @@ N at once (each with `--threads` threads). The probe-by-layer curve is
 `lmforge.adapt.probe.probe_task` (mean pooling, every layer, the same subset) per model and
 task. A method that is not built yet (LoRA before `--method lora` existed) is recorded as not
 run with the reason; grid cells outside the selection are listed with the command that runs
-them. `--update` keeps the rows of an existing record that this run does not redo.
+them. `--update` keeps the rows of an existing record that this run does not redo; the record
+lists every invocation (argv, CPU, GPU if any, load, settings) and each row its own.
 Writes the JSON record and a PNG (accuracy per method; accuracy against depth).
 """
 
@@ -115,6 +116,8 @@ def run_one(spec: dict) -> None:
                "total": r.total, "trainable_pct": 100 * r.trainable / r.total, "steps": steps,
                "examples_seen": steps * spec["settings"]["batch_size"]}
     row["run_s"] = time.perf_counter() - t0
+    if torch.cuda.is_available():
+        row["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     atomic_write_text(spec["row_out"], json.dumps(row) + "\n")
 
 
@@ -283,6 +286,19 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def invocation(args: argparse.Namespace, load_before: tuple, load_after: tuple,
+               wall: float) -> dict:
+    """One run of this script: its machine, load and settings (rows point to it by index,
+    so a record merged from several runs with --update keeps each row's conditions)."""
+    return {"argv": sys.argv[1:], "cpu": cpu_name(), "machine": platform.machine(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__, "threads": args.threads, "jobs": args.jobs,
+            "load_before": load_before, "load_after": load_after, "total_wall_s": round(wall, 1),
+            "train_subset": args.train_subset or "all", "subset_seed": 0, "steps": args.steps,
+            "probe_steps": args.probe_steps, "batch": args.batch, "max_len": args.max_len,
+            "note": args.note}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,23 +344,22 @@ def main() -> None:
         rows += list(pool.map(go, jobs))
     load_after = os.getloadavg()
     done = {(r["model"], r["task"], r["method"]) for r in rows}
+    invocations = []
     if args.update and args.json.exists():
-        old = json.loads(args.json.read_text())["rows"]
-        rows = [r for r in old if (r["model"], r["task"], r["method"]) not in done] + rows
-    record = {
-        "benchmark": "adapt", "cpu": cpu_name(), "machine": platform.machine(),
-        "torch": torch.__version__, "threads": args.threads, "jobs": args.jobs,
-        "load_before": load_before, "load_after": load_after,
-        "total_wall_s": round(time.perf_counter() - t0, 1),
-        "train_subset": args.train_subset or "all", "subset_seed": 0, "steps": args.steps,
-        "probe_steps": args.probe_steps, "batch": args.batch, "max_len": args.max_len,
-        "note": args.note, "anchors": ANCHORS, "targets": check_targets(rows),
-        "rows": rows, "not_run": not_selected(args, rows),
-    }
+        old = json.loads(args.json.read_text())
+        rows = [r for r in old["rows"] if (r["model"], r["task"], r["method"]) not in done] + rows
+        invocations = old.get("invocations", [])
+    this = invocation(args, load_before, load_after, time.perf_counter() - t0)
+    for r in rows:
+        if (r["model"], r["task"], r["method"]) in done:
+            r["invocation"] = len(invocations)
+    record = {"benchmark": "adapt", "anchors": ANCHORS, "targets": check_targets(rows),
+              "invocations": [*invocations, this], "rows": rows,
+              "not_run": not_selected(args, rows)}
     atomic_write_text(args.json, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     png = args.png or args.json.with_suffix(".png")
-    plot(rows, png, f"lmforge adaptation methods: subset {record['train_subset']}, "
-         f"{args.steps} steps of {args.batch}, max_len {args.max_len}, {args.threads} thread(s), "
+    plot(rows, png, f"lmforge adaptation methods on {this['device']}: last run subset "
+         f"{this['train_subset']}, {args.steps} steps of {args.batch}, max_len {args.max_len}, "
          f"load {load_before[0]:.1f}→{load_after[0]:.1f}")
     print(table(rows))
     for task, anchors in ANCHORS.items():
