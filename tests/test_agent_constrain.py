@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmforge.agent.calls import ToolCall, parse_calls, to_chat_messages
-from lmforge.agent.constrain import can_end, feed, start, tool_call_processor
+from lmforge.agent.constrain import tool_call_processor
+from lmforge.agent.schema_automaton import can_end, feed, start
 from lmforge.errors import LmforgeError
 
 SCALARS = {"string": st.text(max_size=20), "integer": st.integers(-10**12, 10**12),

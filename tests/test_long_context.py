@@ -13,10 +13,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from lmforge.cli import build_parser, generation_config
+from lmforge.cli import build_parser
 from lmforge.errors import LmforgeError
 from lmforge.eval.perplexity import evaluate, sliding_windows
 from lmforge.generate.cache import KVCache
+from lmforge.generate.commands import generation_config
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.context import fit_context
 from lmforge.generate.core import Batch, prefill

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.agent.calls import CLOSE, OPEN, ToolCall, parse_calls
-from lmforge.agent.constrain import compile_schema, tool_call_processor
+from lmforge.agent.constrain import tool_call_processor
+from lmforge.agent.schema_automaton import compile_schema
 from lmforge.errors import LmforgeError, excerpt
 from lmforge.generate.processors import Processor
 from lmforge.serve.schemas import bad
