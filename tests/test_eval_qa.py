@@ -278,3 +278,23 @@ def test_gsm8k_fewshot_is_seeded_and_without_replacement():
     first = gsm8k_fewshot(pool, 5, random.Random(1234))
     assert first == gsm8k_fewshot(pool, 5, random.Random(1234))
     assert len({r.question for r in first}) == 5
+
+
+def test_a_prompt_longer_than_the_window_keeps_its_end(smollm2, monkeypatch):
+    """The generation tasks cut a prompt that does not fit on the left, as the harness does,
+    leaving room for max_tokens: the answer equals the one to the prompt's last
+    window − max_tokens tokens (a 40-token window here; SmolLM2's own is 8,192)."""
+    from lmforge.eval.tasks.generation import greedy_answers
+    from lmforge.generate.config import GenerationConfig
+
+    monkeypatch.setattr(smollm2.model.config, "max_seq_len", 40)
+    prompt = ("The river runs past the mill, the mill grinds the corn, the corn feeds the "
+              "town, and the town sends its bread down the river to the sea. " * 2
+              + "Question: What does the mill grind?\nAnswer:")
+    ids = smollm2.tokenizer.encode_spans([(prompt, False)])
+    assert len(ids) > 40
+    config = GenerationConfig(max_tokens=8, temperature=0.0, stop=["\n"])
+    want = [c.text for c in smollm2.engine.generate([ids[-32:]], config)]
+    assert greedy_answers(smollm2, [prompt], ["\n"], 8) == want
+    with pytest.raises(LmforgeError, match="context window is 40"):
+        list(smollm2.engine.generate([ids], config))

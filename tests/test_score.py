@@ -154,6 +154,25 @@ def test_requests_together_equal_one_by_one(family):
             assert got.is_greedy == alone.is_greedy
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_truncate_drops_the_oldest_context_tokens(family):
+    """With truncate=True a context too long for the window (64) is cut on the left, as
+    lm-evaluation-harness does: the result equals scoring the cut context by hand; a request
+    that fits is unchanged; a continuation that alone overflows is still refused."""
+    model = make(family)
+    context, conts = rand_ids(70, 3), [rand_ids(5, 4), rand_ids(2, 5)]
+    keep = 64 if family == "encoder_decoder" else 64 - 5
+    cut = loglikelihood(model, context, conts, mask_id=MASK_ID, truncate=True)
+    by_hand = loglikelihood(model, context[-keep:], conts, mask_id=MASK_ID)
+    for a, b in zip(cut, by_hand, strict=True):
+        assert abs(a.logprob - b.logprob) <= TOL
+    short = loglikelihood(model, context[:20], conts, mask_id=MASK_ID, truncate=True)
+    plain = loglikelihood(model, context[:20], conts, mask_id=MASK_ID)
+    assert [a.logprob for a in short] == [b.logprob for b in plain]
+    with pytest.raises(LmforgeError, match="context window is 64"):
+        loglikelihood(model, context, [rand_ids(70, 6)], mask_id=MASK_ID, truncate=True)
+
+
 def test_greedy_continuation_is_greedy():
     """The argmax continuation, built token by token, is greedy; changing its last token
     to another one is not."""

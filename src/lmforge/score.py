@@ -196,7 +196,7 @@ Request = tuple[Sequence[int], Sequence[Sequence[int]]]  # (context, continuatio
 @torch.inference_mode()
 def loglikelihood(model: Transformer, context: Sequence[int],
                   continuations: Sequence[Sequence[int]], *, batch: int = 8,
-                  mask_id: int | None = None) -> list[Loglikelihood]:
+                  mask_id: int | None = None, truncate: bool = False) -> list[Loglikelihood]:
     """Σ_t log p(c_t | context, c_<t) of each continuation c, and whether every c_t is the
     argmax (lm-evaluation-harness's `loglikelihood` requests).
 
@@ -207,18 +207,19 @@ def loglikelihood(model: Transformer, context: Sequence[int],
     Encoder-decoder: the context is the source, encoded once; the continuations are the
     targets, as a trie. Encoder: the pseudo-log-likelihood of the continuation's tokens
     within context + continuation (needs `mask_id`). `batch`: the most rows (requests) per
-    pass.
+    pass. `truncate`: a context too long for the window loses its oldest tokens instead of
+    raising (`fit_window`).
     Equal, up to rounding, to `token_logprobs(model, context + c, prefix=len(context))`
     (an encoder-decoder: `token_logprobs(model, c, source=context)`).
     """
     return loglikelihood_requests(model, [(context, continuations)], batch=batch,
-                                  mask_id=mask_id)[0]
+                                  mask_id=mask_id, truncate=truncate)[0]
 
 
 @torch.inference_mode()
 def loglikelihood_requests(model: Transformer, requests: Sequence[Request], *,
-                           batch: int = 8, mask_id: int | None = None
-                           ) -> list[list[Loglikelihood]]:
+                           batch: int = 8, mask_id: int | None = None,
+                           truncate: bool = False) -> list[list[Loglikelihood]]:
     """`loglikelihood` of several (context, continuations) requests at once: the examples
     of a task evaluated together.
 
@@ -229,6 +230,8 @@ def loglikelihood_requests(model: Transformer, requests: Sequence[Request], *,
     """
     if batch < 1:
         raise LmforgeError(f"batch must be at least 1, got {batch}")
+    if truncate:
+        requests = [fit_window(model, ctx, conts) for ctx, conts in requests]
     checked = [_check_request(model, i, ctx, conts) for i, (ctx, conts) in enumerate(requests)]
     if model.config.family == "encoder":
         return [[_summed(token_logprobs(model, [*ctx, *c], prefix=len(ctx), mask_id=mask_id))
@@ -236,6 +239,23 @@ def loglikelihood_requests(model: Transformer, requests: Sequence[Request], *,
     if not any(conts for _, conts in checked):
         return [[] for _ in checked]
     return _tree_loglikelihood(model, [r for r in checked if r[1]], batch, checked)
+
+
+def fit_window(model: Transformer, context: Sequence[int],
+               continuations: Sequence[Sequence[int]]) -> Request:
+    """(context, continuations) with the context's oldest tokens dropped so that it and its
+    longest continuation fit the model's window (an encoder-decoder: the context alone, its
+    source), as lm-evaluation-harness truncates a request on the left. A continuation that
+    alone overflows the window is left as it is, for `_check_request` to refuse by name."""
+    window = model.config.max_seq_len
+    if model.config.family == "encoder_decoder":
+        keep = window
+    else:
+        keep = window - max((len(c) for c in continuations), default=0)
+    context = list(context)
+    if keep > 0 and len(context) > keep:
+        context = context[len(context) - keep:]
+    return context, continuations
 
 
 def _check_request(model: Transformer, n: int, context: Sequence[int],

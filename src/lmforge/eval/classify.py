@@ -145,7 +145,7 @@ def label_loglikelihoods(lm, contexts: Sequence[str], labels: Sequence[str]
     (`score.loglikelihood_requests`)."""
     requests = [encode_choices(lm.tokenizer, context, labels) for context in contexts]
     return [[ll.logprob for ll in lls] for lls in
-            loglikelihood_requests(lm.model, requests, batch=LABEL_ROWS)]
+            loglikelihood_requests(lm.model, requests, batch=LABEL_ROWS, truncate=True)]
 
 
 def classify(lm, examples: Sequence[Example], template: Template,

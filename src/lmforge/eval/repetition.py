@@ -91,7 +91,8 @@ def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
     for i in range(0, len(prompts), PROMPTS_PER_PASS):
         requests = [(list(p), [list(c) for c in continuations[j * n: (j + 1) * n]])
                     for j, p in enumerate(prompts[i: i + PROMPTS_PER_PASS], i)]
-        out += [ll.logprob for lls in loglikelihood_requests(model, requests) for ll in lls]
+        out += [ll.logprob for lls in loglikelihood_requests(model, requests, truncate=True)
+                for ll in lls]
     return out
 
 

@@ -41,7 +41,8 @@ def lambada_passages(path: Path) -> list[Passage]:
 def score_passages(lm: Any, passages: list[Passage], shots: Shots) -> list[ExampleRecord]:
     pairs = [encode_pair(lm.tokenizer, with_shots([d.context + d.target for d in shots(p.index)],
                                                    p.context), p.target) for p in passages]
-    results = loglikelihood_requests(lm.model, [(ctx, [target]) for ctx, target in pairs])
+    results = loglikelihood_requests(lm.model, [(ctx, [target]) for ctx, target in pairs],
+                                     truncate=True)
     return [ExampleRecord("lambada_openai", p.index,
                           {"acc": float(ll.is_greedy), "nll": -ll.logprob},
                           {"target": p.target, "target_tokens": len(target)})

@@ -147,7 +147,7 @@ def choice_loglikelihoods(lm: Any, examples: list[Example], shots: Shots = NO_SH
         requests.append(encode_choices(lm.tokenizer, prompt(ex, shots),
                                        [" " + c for c in ex.choices]))
     return [[r.logprob for r in results] for results in
-            loglikelihood_requests(lm.model, requests, batch=CHOICE_ROWS)]
+            loglikelihood_requests(lm.model, requests, batch=CHOICE_ROWS, truncate=True)]
 
 
 def choose(lls: list[float], choices: list[str], gold: int) -> tuple[dict[str, float], int, int]:
