@@ -169,7 +169,7 @@ def test_truncate_drops_the_oldest_context_tokens(family):
     short = loglikelihood(model, context[:20], conts, mask_id=MASK_ID, truncate=True)
     plain = loglikelihood(model, context[:20], conts, mask_id=MASK_ID)
     assert [a.logprob for a in short] == [b.logprob for b in plain]
-    with pytest.raises(LmforgeError, match="context window is 64"):
+    with pytest.raises(LmforgeError, match="does not fit this model.s context window of 64"):
         loglikelihood(model, context, [rand_ids(70, 6)], mask_id=MASK_ID, truncate=True)
 
 

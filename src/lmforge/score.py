@@ -246,14 +246,16 @@ def fit_window(model: Transformer, context: Sequence[int],
     """(context, continuations) with the context's oldest tokens dropped so that it and its
     longest continuation fit the model's window (an encoder-decoder: the context alone, its
     source), as lm-evaluation-harness truncates a request on the left. A continuation that
-    alone overflows the window is left as it is, for `_check_request` to refuse by name."""
+    alone overflows the window cannot be scored: an error names it."""
     window = model.config.max_seq_len
-    if model.config.family == "encoder_decoder":
-        keep = window
-    else:
-        keep = window - max((len(c) for c in continuations), default=0)
+    longest = max((len(c) for c in continuations), default=0)
+    if longest > window or (longest == window and model.config.family != "encoder_decoder"):
+        raise LmforgeError(f"a continuation of {longest} tokens does not fit this model's "
+                           f"context window of {window} tokens, even after its context: this "
+                           "task's answers are too long for the model")
+    keep = window if model.config.family == "encoder_decoder" else window - longest
     context = list(context)
-    if keep > 0 and len(context) > keep:
+    if len(context) > keep:
         context = context[len(context) - keep:]
     return context, continuations
 
