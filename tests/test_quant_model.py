@@ -210,6 +210,10 @@ def test_generate_and_eval_load_a_quantized_directory(quantized_dirs, capsys) ->
                            str(DATA / "wikitext-2" / "test.txt"), "--chars", "1500",
                            "--ctx", "64", "--json")
     assert code == 0 and json.loads(out)["perplexity"] > 1
+    # no --ctx: the model's own window (128 here), not the 1,024 default it could not hold
+    code, out, _ = run_cli(capsys, "eval", "--model", d, "--input",
+                           str(DATA / "wikitext-2" / "test.txt"), "--chars", "1500", "--json")
+    assert code == 0 and json.loads(out)["ctx"] == 128
 
 
 def test_damaged_quantized_checkpoint_is_named(quantized_dirs, tmp_path) -> None:

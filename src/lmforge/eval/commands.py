@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CPU threads (default: torch's)")
     e.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
     e.add_argument("--input", default=None, help="a UTF-8 text file (perplexity)")
-    e.add_argument("--ctx", type=int, default=1024, help="window length in tokens")
+    e.add_argument("--ctx", type=int, default=None,
+                   help="window length in tokens (default: the model's window, at most 1024)")
     add_long_eval_args(e)
     e.add_argument("--chars", type=int, default=None, help="score only the first N characters")
     e.add_argument("--json", action="store_true", help="print one JSON record per model")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from lmforge.metrics import TextMetrics
 
+DEFAULT_CTX = 1024  # tokens per window when --ctx is not given (capped by the window)
+
 
 def is_arpa(spec: str) -> bool:
     """True when `spec` names a file whose first meaningful line is `\\data\\`."""
@@ -53,13 +55,14 @@ def evaluate_ngram(spec: str, text: str, progress: bool = False) -> dict:
             "perplexity_with_oov": everything.perplexity}
 
 
-def evaluate_neural(spec: str, text: str, ctx: int, dtype: str = "fp32",
+def evaluate_neural(spec: str, text: str, ctx: int | None, dtype: str = "fp32",
                     progress: bool = False, adapter: str | None = None,
                     stride: int | None = None, rope_scaling: str | None = None) -> dict:
     from lmforge.api import load
     from lmforge.eval.perplexity import evaluate
 
     lm = load(spec, dtype=dtype, adapter=adapter, rope_scaling=rope_scaling)
+    ctx = ctx or min(DEFAULT_CTX, lm.model.config.max_seq_len)
     ids = lm.tokenizer.encode(text, parse_special=False)
     result = evaluate(lm.model, ids, len(text.encode("utf-8")), ctx, progress=progress,
                       stride=stride)
@@ -68,11 +71,12 @@ def evaluate_neural(spec: str, text: str, ctx: int, dtype: str = "fp32",
             "bits_per_char": bits_per_char}
 
 
-def evaluate_model(spec: str, text: str, ctx: int = 1024, dtype: str = "fp32",
+def evaluate_model(spec: str, text: str, ctx: int | None = None, dtype: str = "fp32",
                    progress: bool = False, adapter: str | None = None,
                    stride: int | None = None, rope_scaling: str | None = None) -> dict:
-    """The record of one model on `text` (see the module docstring); `stride` and
-    `rope_scaling` apply to neural models (`eval.perplexity`, `model.rope_scaling`)."""
+    """The record of one model on `text` (see the module docstring); `ctx` (None: the
+    model's window, at most DEFAULT_CTX), `stride` and `rope_scaling` apply to neural models
+    (`eval.perplexity`, `model.rope_scaling`)."""
     if is_arpa(spec):
         return {"model": spec, **evaluate_ngram(spec, text, progress)}
     record = evaluate_neural(spec, text, ctx, dtype, progress, adapter, stride, rope_scaling)
