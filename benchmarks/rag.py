@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -155,10 +156,12 @@ def main() -> None:
                     help="torch threads (default torch's; 1 on a CPU shared with other jobs, "
                          "where OpenMP's waiting threads make a 12 ms query embedding 1.4 s)")
     ap.add_argument("--out", default=None, help="default benchmarks/results/rag_DATA.json")
+    ap.add_argument("--note", default="", help="a remark stored in the record")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    load_before = os.getloadavg()
     data = DATA / args.data
     passages = read_jsonl(data / "passages.jsonl")[: args.passages]
     inside = {p["id"] for p in passages}
@@ -205,7 +208,7 @@ def main() -> None:
         "answers_smollm2": answers,
         "cpu": cpu_name(), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "note": "run on a machine shared with other jobs: latencies are upper bounds",
+        "load_before": load_before, "load_after": os.getloadavg(), "note": args.note,
     }
     out = args.out or RESULT_DIR / f"rag_{args.data}.json"
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
